@@ -1,0 +1,228 @@
+"""Command line: the only module that prints to the terminal or chooses an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import __version__, logs
+from .config import Config, ConfigError, default_config_path, load_config
+from .cycle import run_cycle
+from .dns import DnsObserver
+from .exchange import ExchangeClient, check_credential
+from .store import Store, StoredTenant, StoreError
+
+EXIT_OK, EXIT_TROUBLE, EXIT_USAGE = 0, 1, 2
+
+DESCRIPTION = """\
+Enable an Exchange Online partner inbound connector only once every domain of its tenant
+has its MX records on the filtering service, the cut-over has settled, and the connector
+passes an audit. Without a command and without --once, mxwatch runs as a daemon."""
+
+EPILOG = """\
+exit codes: 0 ok; 1 some tenant blocked or regressed, or an error; 2 bad config or usage.
+config: --config, else $MXWATCH_CONFIG, else /etc/mxwatch/mxwatch.toml"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mxwatch",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mxwatch {__version__}")
+    _add_common(parser, None)
+    # Subcommands accept the same options after their name; SUPPRESS keeps a value given
+    # before the subcommand from being reset to the default.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, argparse.SUPPRESS)
+    parser.add_argument("--once", action="store_true", help="run one cycle, then exit")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="observe and decide, but make no writes to Exchange"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    status = commands.add_parser(
+        "status", parents=[common], help="current state of every tenant and domain"
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    history = commands.add_parser("history", parents=[common], help="the transition journal")
+    history.add_argument("tenant", nargs="?", help="only this tenant")
+    history.add_argument("--json", action="store_true", help="JSON lines")
+    history.add_argument("--limit", type=int, help="only the last N entries")
+    commands.add_parser(
+        "check-config", parents=[common], help="validate the config and its credential files"
+    )
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("-c", "--config", type=Path, default=default, help="config file (TOML)")
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default=default if default is argparse.SUPPRESS else "info",
+        help="default: info",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_level)
+    try:
+        config = load_config(args.config or default_config_path(os.environ), environ=os.environ)
+    except ConfigError as exc:
+        return _config_failed(exc.problems)
+    try:
+        return _dispatch(args, config)
+    except StoreError as exc:
+        print(f"mxwatch: {exc}", file=sys.stderr)
+        return EXIT_TROUBLE
+
+
+def _dispatch(args: argparse.Namespace, config: Config) -> int:
+    if args.command == "check-config":
+        return _check_config(config)
+    if args.command == "status":
+        return _status(config, as_json=args.json)
+    if args.command == "history":
+        return _history(config, args.tenant, args.limit, as_json=args.json)
+    if args.once:
+        return asyncio.run(_once(config, dry_run=args.dry_run or config.daemon.dry_run))
+    print("mxwatch: the daemon is not available yet; run with --once", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _config_failed(problems: Sequence[str]) -> int:
+    print(f"mxwatch: the configuration has {len(problems)} problem(s):", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _check_config(config: Config) -> int:
+    problems: list[str] = []
+    refs = [("exchange", config.exchange.credential)]
+    refs += [(f"tenant[{i}]", t.credential) for i, t in enumerate(config.tenants)]
+    seen = set()
+    for where, ref in refs:
+        if ref is None or ref in seen:
+            continue
+        seen.add(ref)
+        problems += [f"{where}: {p}" for p in check_credential(ref)]
+    if config.exchange.ca_bundle and not config.exchange.ca_bundle.is_file():
+        problems.append(f"exchange.ca_bundle: no such file {config.exchange.ca_bundle}")
+    if problems:
+        return _config_failed(problems)
+    domains = sum(len(t.domains) for t in config.tenants)
+    print(f"{config.path}: ok ({len(config.tenants)} tenants, {domains} domains)")
+    return EXIT_OK
+
+
+async def _once(config: Config, *, dry_run: bool) -> int:
+    log = logs.get_logger("mxwatch")
+    if config.dns.authoritative:
+        log.warning(
+            "authoritative_not_supported",
+            detail="dns.authoritative = true: asking authoritative servers directly is not "
+            "implemented yet; only the configured resolvers are asked",
+        )
+    dns = DnsObserver(config.dns)
+    with Store.open(config.daemon.state) as store:
+        async with ExchangeClient(config.exchange) as exchange:
+            report = await run_cycle(config, store, dns, exchange, dry_run=dry_run)
+    return report.exit_code
+
+
+def _status(config: Config, *, as_json: bool) -> int:
+    with Store.open_readonly(config.daemon.state) as store:
+        tenants = store.load_all()
+    document = {"tenants": [_tenant_status(t) for t in tenants]}
+    if as_json:
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    for tenant in document["tenants"]:
+        print(_tenant_line(tenant))
+        for domain in tenant["domains"]:
+            mx = ", ".join(f"{m['preference']} {m['exchange']}" for m in domain["mx"]) or "-"
+            print(f"    {domain['domain']:<30} {domain['verdict'] or '-':<9} {mx}")
+    return EXIT_OK
+
+
+def _tenant_line(tenant: dict[str, Any]) -> str:
+    line = f"{tenant['name']}  {tenant['state']}  since {tenant['since']}  ({tenant['reason']})"
+    if tenant["eligible_at"]:
+        line += f"\n    eligible at {tenant['eligible_at']}: {tenant['eligible_reason']}"
+    return line
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _tenant_status(stored: StoredTenant) -> dict[str, Any]:
+    record = stored.record
+    return {
+        "name": record.name,
+        "tenant_id": stored.tenant_id,
+        "state": record.state.value,
+        "since": _iso(record.since),
+        "eligible_at": _iso(record.eligible_at),
+        "eligible_reason": record.eligible_reason or None,
+        "reason": record.reason,
+        "confirmations": record.confirmations,
+        "connector": {
+            "identity": stored.connector,
+            "guid": record.connector_guid,
+            "enabled": record.connector_enabled,
+            "checked_at": _iso(record.connector_checked_at),
+        },
+        "domains": [
+            {
+                "domain": d.domain,
+                "verdict": d.verdict.value if d.verdict else None,
+                "mx": [{"preference": m.preference, "exchange": m.exchange} for m in d.mx],
+                "ttl": d.ttl,
+                "checked_at": _iso(d.checked_at),
+            }
+            for d in stored.domains
+        ],
+    }
+
+
+def _history(config: Config, tenant: str | None, limit: int | None, *, as_json: bool) -> int:
+    with Store.open_readonly(config.daemon.state) as store:
+        entries = store.history(tenant, limit)
+    for entry in entries:
+        if as_json:
+            print(
+                json.dumps(
+                    {
+                        "at": _iso(entry.at),
+                        "tenant": entry.tenant,
+                        "domain": entry.domain,
+                        "from": entry.from_state,
+                        "to": entry.to_state,
+                        "reason": entry.reason,
+                        "evidence": entry.evidence,
+                    }
+                )
+            )
+            continue
+        subject = f"{entry.tenant}/{entry.domain}" if entry.domain else entry.tenant
+        print(
+            f"{_iso(entry.at)}  {subject}  {entry.from_state or '-'} -> {entry.to_state}"
+            f"  {entry.reason}"
+        )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
