@@ -1,0 +1,606 @@
+"""SQLite state: the current record of every tenant and domain, plus an append-only journal.
+
+One file, written by one cycle at a time. Every cycle's writes are a single transaction, so a
+crash leaves either the previous cycle's state or the new one, never a mix. The store never
+deletes, resets or recreates a file it cannot understand: it refuses with a StoreError that
+says what to do, because the journal is the operator's only record of what mxwatch did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .model import DomainRecord, MxRecord, TenantRecord, TenantState, Transition, Verdict
+
+__all__ = ["SCHEMA_VERSION", "Store", "StoreError", "StoredTenant"]
+
+# Written into the SQLite header so a foreign database is recognised instead of being
+# migrated into ("MXwt").
+APPLICATION_ID = 0x4D587774
+DEFAULT_BUSY_TIMEOUT = 5.0
+
+# _MIGRATIONS[i] upgrades the schema from version i to i + 1. Released entries are never
+# edited; a schema change appends a new entry. Statements run one by one inside one
+# transaction (executescript would commit behind our back).
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        f"PRAGMA application_id = {APPLICATION_ID}",
+        """CREATE TABLE tenant (
+            name TEXT PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            connector TEXT NOT NULL,
+            state TEXT NOT NULL,
+            since TEXT,
+            reason TEXT NOT NULL,
+            confirmations INTEGER NOT NULL CHECK (confirmations >= 0),
+            eligible_at TEXT,
+            eligible_reason TEXT NOT NULL,
+            regressions INTEGER NOT NULL CHECK (regressions >= 0),
+            connector_guid TEXT,
+            connector_enabled INTEGER CHECK (connector_enabled IN (0, 1)),
+            connector_checked_at TEXT
+        )""",
+        """CREATE TABLE domain (
+            tenant TEXT NOT NULL REFERENCES tenant (name) ON DELETE CASCADE,
+            domain TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            verdict TEXT,
+            mx TEXT NOT NULL,
+            ttl INTEGER CHECK (ttl >= 0),
+            checked_at TEXT,
+            filtered_since TEXT,
+            old_ttl INTEGER CHECK (old_ttl >= 0),
+            PRIMARY KEY (tenant, domain)
+        )""",
+        """CREATE TABLE journal (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            domain TEXT,
+            from_state TEXT,
+            to_state TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            evidence TEXT NOT NULL
+        )""",
+        "CREATE INDEX journal_by_tenant ON journal (tenant, id)",
+        # The journal is the audit trail of what mxwatch did to mail flow; the database itself
+        # refuses to rewrite it, whatever code (or person with sqlite3) tries.
+        """CREATE TRIGGER journal_no_update BEFORE UPDATE ON journal
+            BEGIN SELECT RAISE(ABORT, 'journal is append-only'); END""",
+        """CREATE TRIGGER journal_no_delete BEFORE DELETE ON journal
+            BEGIN SELECT RAISE(ABORT, 'journal is append-only'); END""",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_UPSERT_TENANT = """
+    INSERT INTO tenant (
+        name, tenant_id, connector, state, since, reason, confirmations, eligible_at,
+        eligible_reason, regressions, connector_guid, connector_enabled, connector_checked_at
+    ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (name) DO UPDATE SET
+        tenant_id = excluded.tenant_id,
+        connector = excluded.connector,
+        state = excluded.state,
+        since = excluded.since,
+        reason = excluded.reason,
+        confirmations = excluded.confirmations,
+        eligible_at = excluded.eligible_at,
+        eligible_reason = excluded.eligible_reason,
+        regressions = excluded.regressions,
+        connector_guid = excluded.connector_guid,
+        connector_enabled = excluded.connector_enabled,
+        connector_checked_at = excluded.connector_checked_at
+"""
+_INSERT_DOMAIN = (
+    "INSERT INTO domain (tenant, domain, position, verdict, mx, ttl, checked_at,"
+    " filtered_since, old_ttl) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_JOURNAL = (
+    "INSERT INTO journal (at, tenant, domain, from_state, to_state, reason, evidence)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class StoreError(Exception):
+    """The state file cannot be used; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class StoredTenant:
+    tenant_id: str
+    connector: str  # the configured connector identity (name or GUID)
+    record: TenantRecord
+    domains: tuple[DomainRecord, ...]
+
+
+class Store:
+    """Current state plus journal in one SQLite file. Safe to share between threads."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, busy_timeout: float, *, readonly: bool
+    ) -> None:
+        # Use Store.open / Store.open_readonly; they validate the file first.
+        self._conn = conn
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._readonly = readonly
+        # The daemon's scheduler runs cycles on worker threads; one connection, used serially.
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @classmethod
+    def open(cls, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Store:
+        """Open (creating if needed) the state file for reading and writing.
+
+        busy_timeout is how many seconds to wait for another process's write lock.
+        """
+        path = Path(path)
+        _prepare_writable(path)
+        conn = _connect(str(path), path, busy_timeout, uri=False)
+        store = cls(conn, path, busy_timeout, readonly=False)
+        with store._closing_on_error():
+            version = store._check_identity()
+            store._configure_writer()
+            if version < SCHEMA_VERSION:
+                store._migrate()
+            store._quick_check()
+        return store
+
+    @classmethod
+    def open_readonly(cls, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Store:
+        """Open an existing state file without any right to change it (status, history)."""
+        path = Path(path)
+        if not path.exists():
+            raise StoreError(f"no state yet at {path}: run mxwatch --once first")
+        if not path.is_file():
+            raise StoreError(f"{path} is not a regular file: point daemon.state at a file")
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        conn = _connect(uri, path, busy_timeout, uri=True)
+        store = cls(conn, path, busy_timeout, readonly=True)
+        with store._closing_on_error():
+            version = store._check_identity()
+            if version == 0:
+                raise StoreError(f"no state yet at {path}: run mxwatch --once first")
+            if version < SCHEMA_VERSION:
+                raise StoreError(
+                    f"{path} uses state schema {version}, this mxwatch reads {SCHEMA_VERSION}: "
+                    "run mxwatch --once (or start the daemon) once to upgrade it"
+                )
+            store._quick_check()
+        return store
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def load(self, tenant: str) -> StoredTenant | None:
+        """The stored tenant with this name, or None if it has never been saved."""
+        with self._using("reading tenant " + tenant):
+            row = self._conn.execute("SELECT * FROM tenant WHERE name = ?", (tenant,)).fetchone()
+            return None if row is None else self._stored_tenant(row)
+
+    def load_all(self) -> list[StoredTenant]:
+        """Every stored tenant, ordered by name (including tenants no longer configured)."""
+        with self._using("reading tenants"):
+            rows = self._conn.execute("SELECT * FROM tenant ORDER BY name").fetchall()
+            return [self._stored_tenant(row) for row in rows]
+
+    def history(self, tenant: str | None = None, limit: int | None = None) -> list[Transition]:
+        """Journal entries oldest first; with limit, the most recent `limit` of them."""
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, not {limit}")
+        # Newest first so LIMIT keeps the most recent entries; SQLite reads LIMIT -1 as "all".
+        # "? IS NULL OR" lets one fixed statement serve both the filtered and the full journal.
+        query = "SELECT * FROM journal WHERE ? IS NULL OR tenant = ? ORDER BY id DESC LIMIT ?"
+        params = (tenant, tenant, -1 if limit is None else limit)
+        with self._using("reading the journal"):
+            rows = self._conn.execute(query, params).fetchall()
+            return [self._transition(row) for row in reversed(rows)]
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def save_cycle(
+        self, tenants: Sequence[StoredTenant], transitions: Sequence[Transition]
+    ) -> None:
+        """Record one cycle in one transaction: all of it or none of it.
+
+        Each tenant row is upserted and its domain rows replaced by exactly the given ones;
+        every transition is appended to the journal. Values are converted before the write
+        lock is taken, so a naive datetime (ValueError) or evidence that JSON cannot represent
+        (TypeError) fails without touching the file.
+        """
+        if self._readonly:
+            raise StoreError(f"cannot write {self._path}: this store was opened read-only")
+        _reject_duplicates(tenants)
+        tenant_rows = [_tenant_row(t) for t in tenants]
+        domain_rows = [
+            _domain_row(t.record.name, i, d) for t in tenants for i, d in enumerate(t.domains)
+        ]
+        journal_rows = [_journal_row(tr) for tr in transitions]
+        names = [(t.record.name,) for t in tenants]
+        with self._using("saving a cycle"), self._transaction():
+            self._conn.executemany(_UPSERT_TENANT, tenant_rows)
+            self._conn.executemany("DELETE FROM domain WHERE tenant = ?", names)
+            self._conn.executemany(_INSERT_DOMAIN, domain_rows)
+            self._conn.executemany(_INSERT_JOURNAL, journal_rows)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _using(self, action: str) -> Iterator[None]:
+        """Serialise use of the connection and turn SQLite failures into StoreErrors."""
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"the state store {self._path} is already closed")
+            try:
+                yield
+            except sqlite3.Error as exc:
+                if self._readonly and _is_permission_error(exc):
+                    raise _readonly_error(self._path, exc) from exc
+                raise _classify(self._path, action, exc, self._busy_timeout) from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # IMMEDIATE takes the write lock up front: a deferred transaction that later upgrades
+        # from reader to writer can fail with SQLITE_BUSY without the busy handler waiting.
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _closing_on_error(self) -> Iterator[None]:
+        try:
+            with self._using("opening"):
+                yield
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_identity(self) -> int:
+        """The schema version, after making sure the file is ours and not from the future."""
+        conn = self._conn
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if app_id == 0 and version == 0:
+            objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if objects == 0:
+                return 0  # a new, empty file: ours to initialise
+        if app_id != APPLICATION_ID:
+            raise StoreError(
+                f"{self._path} is an SQLite database but not an mxwatch state file: "
+                "point daemon.state at another path; this file was left untouched"
+            )
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self._path} was written by a newer mxwatch (state schema {version}; this "
+                f"version understands up to {SCHEMA_VERSION}): upgrade mxwatch, or restore a "
+                "backup made before the upgrade; the file was left untouched"
+            )
+        return version
+
+    def _configure_writer(self) -> None:
+        # WAL lets `status` read while a cycle writes; FULL makes a committed cycle survive
+        # power loss, which matters because the journal records actions on real mail flow.
+        mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(
+                f"could not put {self._path} in WAL mode (SQLite kept {mode!r}): keep the "
+                "state file on a local filesystem"
+            )
+        self._conn.execute("PRAGMA synchronous = FULL")
+        # Off by default in SQLite; on, a domain row can never outlive or precede its tenant.
+        self._conn.execute("PRAGMA foreign_keys = ON")
+
+    def _migrate(self) -> None:
+        with self._transaction():
+            # Read again under the write lock: another process may have just migrated it.
+            version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+            for step in _MIGRATIONS[version:]:
+                for statement in step:
+                    self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _quick_check(self) -> None:
+        result = [row[0] for row in self._conn.execute("PRAGMA quick_check")]
+        if result != ["ok"]:
+            raise StoreError(
+                f"{self._path} is corrupted ({'; '.join(map(str, result[:3]))}): restore it from "
+                "a backup or move it aside to start with empty state (the journal would be "
+                "lost); the file was left untouched"
+            )
+
+    def _stored_tenant(self, row: sqlite3.Row) -> StoredTenant:
+        name = row["name"]
+        domain_rows = self._conn.execute(
+            "SELECT * FROM domain WHERE tenant = ? ORDER BY position", (name,)
+        ).fetchall()
+        with self._decoding(f"tenant {name}"):
+            return StoredTenant(
+                tenant_id=row["tenant_id"],
+                connector=row["connector"],
+                record=_tenant_record(row),
+                domains=tuple(_domain_record(d) for d in domain_rows),
+            )
+
+    def _transition(self, row: sqlite3.Row) -> Transition:
+        with self._decoding(f"journal entry {row['id']}"):
+            return Transition(
+                at=_required_time(row["at"]),
+                tenant=row["tenant"],
+                domain=row["domain"],
+                from_state=row["from_state"],
+                to_state=row["to_state"],
+                reason=row["reason"],
+                evidence=json.loads(row["evidence"]),
+            )
+
+    @contextmanager
+    def _decoding(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (ValueError, TypeError, KeyError) as exc:
+            raise StoreError(
+                f"{what} in {self._path} holds a value this mxwatch cannot read ({exc}): was "
+                "the file written by a newer mxwatch or edited by hand?"
+            ) from exc
+
+
+# -- opening -----------------------------------------------------------------------------------
+
+
+def _prepare_writable(path: Path) -> None:
+    """Create the directory (0700) and an empty file (0600), or explain why they cannot be."""
+    try:
+        _make_private_dirs(path.parent)
+        if path.exists() and not path.is_file():
+            raise StoreError(f"{path} is not a regular file: point daemon.state at a file")
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the state file {path}: {exc.strerror or exc}; create its directory "
+            "and make it writable by this user, or set daemon.state"
+        ) from exc
+    # WAL needs to create PATH-wal and PATH-shm beside the file, so the directory must be
+    # writable too. (As root these always pass; SQLite's own errors then cover the rest.)
+    for target in (path.parent, path):
+        if not os.access(target, os.W_OK):
+            raise StoreError(
+                f"{target} is not writable by this user, so the state file {path} cannot be "
+                "updated: fix its ownership or permissions, or set daemon.state"
+            )
+
+
+def _make_private_dirs(directory: Path) -> None:
+    # Path.mkdir(parents=True) applies the mode only to the last directory; state can name
+    # tenants and domains, so every directory we create is private.
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+
+
+def _connect(target: str, path: Path, busy_timeout: float, *, uri: bool) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(
+            target,
+            timeout=busy_timeout,
+            isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
+            check_same_thread=False,  # Store serialises access with its own lock
+            uri=uri,
+        )
+    except sqlite3.Error as exc:
+        if uri and _is_permission_error(exc):
+            raise _readonly_error(path, exc) from exc
+        raise _classify(path, "opening", exc, busy_timeout) from exc
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+_PERMISSION_ERRORS = ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH")
+
+
+def _is_permission_error(exc: sqlite3.Error) -> bool:
+    return str(getattr(exc, "sqlite_errorname", "")).startswith(_PERMISSION_ERRORS)
+
+
+def _readonly_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    # A reader of a WAL database still needs PATH-shm; after the last writer closes cleanly
+    # that file is gone, and a user who may read but not write the directory cannot make it.
+    return StoreError(
+        f"cannot read {path} ({exc}): SQLite needs to create {path}-shm beside the database, "
+        f"so run this as the user that owns {path.parent} (or root)"
+    )
+
+
+def _classify(path: Path, action: str, exc: sqlite3.Error, busy_timeout: float) -> StoreError:
+    """A StoreError saying what happened to which file and who must do what about it."""
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return StoreError(
+            f"{path} is locked by another process (waited {busy_timeout:g}s while {action}): "
+            "is another mxwatch (daemon or --once) using the same state file? Nothing was saved"
+        )
+    if name.startswith(_PERMISSION_ERRORS):
+        return StoreError(
+            f"cannot write {path} while {action} ({exc}): make the file and its directory "
+            "writable by this user, or set daemon.state"
+        )
+    if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+        return StoreError(
+            f"{path} is not an mxwatch state database or is corrupted ({exc}): restore it from "
+            "a backup or move it aside to start with empty state (the journal would be lost); "
+            "the file was left untouched"
+        )
+    if name.startswith(("SQLITE_FULL", "SQLITE_IOERR")):
+        return StoreError(f"disk error on {path} while {action} ({exc}): check free space")
+    if name.startswith("SQLITE_CONSTRAINT"):
+        return StoreError(f"{path} refused a value while {action} ({exc}); nothing was saved")
+    return StoreError(f"SQLite failed on {path} while {action}: {exc}")
+
+
+# -- values <-> rows ---------------------------------------------------------------------------
+
+
+def _reject_duplicates(tenants: Sequence[StoredTenant]) -> None:
+    names = [t.record.name for t in tenants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"save_cycle got the same tenant more than once: {sorted(names)}")
+    for t in tenants:
+        domains = [d.domain for d in t.domains]
+        if len(set(domains)) != len(domains):
+            raise ValueError(f"tenant {t.record.name} lists a domain twice: {domains}")
+
+
+def _tenant_row(t: StoredTenant) -> tuple[Any, ...]:
+    r = t.record
+    where = f"tenant {r.name}"
+    return (
+        r.name,
+        t.tenant_id,
+        t.connector,
+        TenantState(r.state).value,
+        _time_to_db(r.since, f"{where}: since"),
+        r.reason,
+        r.confirmations,
+        _time_to_db(r.eligible_at, f"{where}: eligible_at"),
+        r.eligible_reason,
+        r.regressions,
+        r.connector_guid,
+        None if r.connector_enabled is None else int(r.connector_enabled),
+        _time_to_db(r.connector_checked_at, f"{where}: connector_checked_at"),
+    )
+
+
+def _tenant_record(row: sqlite3.Row) -> TenantRecord:
+    enabled = row["connector_enabled"]
+    return TenantRecord(
+        name=row["name"],
+        state=TenantState(row["state"]),
+        since=_time_from_db(row["since"]),
+        reason=row["reason"],
+        confirmations=row["confirmations"],
+        eligible_at=_time_from_db(row["eligible_at"]),
+        eligible_reason=row["eligible_reason"],
+        regressions=row["regressions"],
+        connector_guid=row["connector_guid"],
+        connector_enabled=None if enabled is None else bool(enabled),
+        connector_checked_at=_time_from_db(row["connector_checked_at"]),
+    )
+
+
+def _domain_row(tenant: str, position: int, d: DomainRecord) -> tuple[Any, ...]:
+    where = f"tenant {tenant}, domain {d.domain}"
+    mx = [{"preference": m.preference, "exchange": m.exchange} for m in d.mx]
+    return (
+        tenant,
+        d.domain,
+        position,
+        None if d.verdict is None else Verdict(d.verdict).value,
+        json.dumps(mx),
+        d.ttl,
+        _time_to_db(d.checked_at, f"{where}: checked_at"),
+        _time_to_db(d.filtered_since, f"{where}: filtered_since"),
+        d.old_ttl,
+    )
+
+
+def _domain_record(row: sqlite3.Row) -> DomainRecord:
+    verdict = row["verdict"]
+    return DomainRecord(
+        domain=row["domain"],
+        verdict=None if verdict is None else Verdict(verdict),
+        mx=tuple(MxRecord(m["preference"], m["exchange"]) for m in json.loads(row["mx"])),
+        ttl=row["ttl"],
+        checked_at=_time_from_db(row["checked_at"]),
+        filtered_since=_time_from_db(row["filtered_since"]),
+        old_ttl=row["old_ttl"],
+    )
+
+
+def _journal_row(t: Transition) -> tuple[Any, ...]:
+    at = _time_to_db(t.at, f"transition of tenant {t.tenant}: at")
+    try:
+        evidence = json.dumps(t.evidence, default=_evidence_default, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"evidence of the {t.tenant} transition at {at}: {exc}") from exc
+    return (at, t.tenant, t.domain, t.from_state, t.to_state, t.reason, evidence)
+
+
+def _evidence_default(value: object) -> object:
+    """JSON for the values evidence is built from; anything else is a caller bug."""
+    if isinstance(value, datetime):
+        return _time_to_db(value, "a datetime in evidence")
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # Shallow, so nested datetimes and enums come back through this function.
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)  # stable across runs, whatever the element types
+    raise TypeError(f"cannot store a {type(value).__name__} as JSON evidence: {value!r}")
+
+
+def _time_to_db(value: datetime | None, what: str) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            f"{what} is a naive datetime ({value.isoformat()}); pass a timezone-aware time"
+        )
+    # Fixed width (always microseconds, always +00:00) so stored times also sort as text.
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _required_time(value: str) -> datetime:
+    parsed = _time_from_db(value)
+    if parsed is None:
+        raise ValueError("a required time is missing")
+    return parsed
+
+
+def _time_from_db(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"stored time {value!r} has no time zone")
+    return parsed.astimezone(UTC)
