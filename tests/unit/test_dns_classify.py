@@ -1,0 +1,140 @@
+"""The pure MX classification of one source's answer (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import dns.exception
+import pytest
+from dns.resolver import ErrorTuple
+
+from mxwatch.dns import _failure_reason, classify, is_ip_literal, normalise_exchange
+from mxwatch.model import MxRecord, Verdict
+from mxwatch.providers import MAILPROTECTOR, Provider
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+FILTER_1 = "mx1.inbound.emailservice.io."
+FILTER_2 = "mx2.inbound.emailservice.cc."
+MICROSOFT = "contoso-com.mail.protection.outlook.com."
+
+
+def verdict_of(records: list[tuple[int, str]], provider: Provider = MAILPROTECTOR) -> Verdict:
+    return classify("contoso.com", "test", records, provider, NOW).verdict
+
+
+@pytest.mark.parametrize(
+    ("records", "expected"),
+    [
+        ([(10, FILTER_1)], Verdict.FILTERED),
+        ([(10, FILTER_1), (20, FILTER_2), (30, "mx3.inbound.emailservice.co.")], Verdict.FILTERED),
+        # Preference does not matter: a backup MX elsewhere is still a way around the filter.
+        ([(10, FILTER_1), (99, MICROSOFT)], Verdict.MIXED),
+        ([(99, FILTER_1), (0, MICROSOFT)], Verdict.MIXED),
+        ([(0, MICROSOFT)], Verdict.DIRECT),
+        ([(10, "mx.example.net."), (20, MICROSOFT)], Verdict.DIRECT),
+        ([], Verdict.NO_MX),
+        ([(0, ".")], Verdict.NO_MX),
+        ([(10, ".")], Verdict.NO_MX),
+        ([(0, "."), (10, FILTER_1)], Verdict.MIXED),
+        ([(10, "192.0.2.1")], Verdict.DIRECT),
+        ([(10, FILTER_1), (20, "192.0.2.1.")], Verdict.MIXED),
+        # The pattern needs a label in front of the suffix, and the suffix itself must match.
+        ([(10, "inbound.emailservice.io.")], Verdict.DIRECT),
+        ([(10, "mx1.inbound.emailservice.io.evil.example.")], Verdict.DIRECT),
+    ],
+)
+def test_verdicts(records: list[tuple[int, str]], expected: Verdict) -> None:
+    assert verdict_of(records) is expected
+
+
+def test_exchanges_are_normalised_and_sorted() -> None:
+    observation = classify(
+        "contoso.com",
+        "127.0.0.1:53",
+        [(20, "MX2.Inbound.EmailService.CC."), (10, "mx1.INBOUND.emailservice.io")],
+        MAILPROTECTOR,
+        NOW,
+        ttl=3600,
+    )
+    assert observation.verdict is Verdict.FILTERED
+    assert observation.mx == (
+        MxRecord(10, "mx1.inbound.emailservice.io"),
+        MxRecord(20, "mx2.inbound.emailservice.cc"),
+    )
+    assert observation.ttl == 3600
+    assert observation.domain == "contoso.com"
+    assert observation.source == "127.0.0.1:53"
+    assert observation.checked_at == NOW
+
+
+def test_reasons_say_what_was_seen() -> None:
+    def reason(records: list[tuple[int, str]]) -> str:
+        return classify("contoso.com", "s", records, MAILPROTECTOR, NOW).reason
+
+    assert reason([(10, FILTER_1), (20, FILTER_2)]) == "all 2 MX match mailprotector"
+    assert reason([(0, MICROSOFT)]) == (
+        "no MX matches mailprotector: contoso-com.mail.protection.outlook.com"
+    )
+    assert reason([(10, FILTER_1), (20, MICROSOFT)]) == (
+        "1 of 2 MX match mailprotector; not matching: contoso-com.mail.protection.outlook.com"
+    )
+    assert reason([]) == "NODATA (no MX records)"
+    assert reason([(0, ".")]) == "null MX (RFC 7505)"
+    assert "192.0.2.1 is an IP address, not a host name" in reason([(10, "192.0.2.1")])
+    assert "RFC 7505" in reason([(0, "."), (10, FILTER_1)])
+
+
+def test_null_mx_keeps_its_record() -> None:
+    observation = classify("contoso.com", "s", [(0, ".")], MAILPROTECTOR, NOW, ttl=60)
+    assert observation.mx == (MxRecord(0, "."),)
+    assert observation.ttl == 60
+
+
+def test_exact_pattern_provider() -> None:
+    spamtitan = Provider("spamtitan", ("cloud1.spamtitan.com", "cloud2.spamtitan.com"))
+    assert verdict_of([(10, "Cloud1.SpamTitan.com."), (20, "cloud2.spamtitan.com")], spamtitan) is (
+        Verdict.FILTERED
+    )
+    assert verdict_of([(10, "cloud7.spamtitan.com.")], spamtitan) is Verdict.DIRECT
+
+
+def test_ip_literal_never_matches_even_an_exact_pattern() -> None:
+    odd = Provider("odd", ("192.0.2.1",))
+    assert verdict_of([(10, "192.0.2.1")], odd) is Verdict.DIRECT
+
+
+@pytest.mark.parametrize(
+    ("raw", "normal"),
+    [
+        ("MX1.Example.COM.", "mx1.example.com"),
+        ("mx1.example.com", "mx1.example.com"),
+        (".", "."),
+        ("", "."),
+    ],
+)
+def test_normalise_exchange(raw: str, normal: str) -> None:
+    assert normalise_exchange(raw) == normal
+
+
+@pytest.mark.parametrize(
+    ("host", "literal"),
+    [("192.0.2.1", True), ("2001:db8::1", True), ("mx1.example.com", False), ("1.2.3", False)],
+)
+def test_is_ip_literal(host: str, literal: bool) -> None:
+    assert is_ip_literal(host) is literal
+
+
+def test_failure_reasons_name_the_server_and_the_fault() -> None:
+    errors: list[ErrorTuple] = [
+        ("Do53:127.0.0.1@5353", False, 5353, "SERVFAIL", None),
+        ("Do53:2001:db8::53@53", False, 53, "REFUSED", None),
+        ("Do53:192.0.2.53@53", False, 53, ConnectionRefusedError("refused"), None),
+        ("Do53:192.0.2.54@53", True, 53, dns.exception.FormError("bad label"), None),  # type: ignore[no-untyped-call]
+    ]
+
+    assert _failure_reason(errors) == (
+        "SERVFAIL from 127.0.0.1:5353; REFUSED from [2001:db8::53]:53; "
+        "network error with 192.0.2.53:53: refused; "
+        "malformed answer from 192.0.2.54:53: FormError: bad label"
+    )
+    assert _failure_reason([]) == "no nameservers to ask"
