@@ -452,7 +452,7 @@ def _apply_connector(
             _block(journal, record, f"{read.kind.value}: {read.message}"), halt=True
         )
     if read.status is not LookupStatus.FOUND or read.connector is None:
-        reason = f"connector {read.identity!r} {read.detail}"
+        reason = f"connector {read.status.value}: {read.detail}"
         return _ConnectorFacts(_block(journal, record, reason), halt=True)
     found = read.connector
     record = replace(

@@ -1,0 +1,146 @@
+"""exchange.py's pure parts: response parsing, error text, Retry-After, credential checks."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import trustme
+
+from mxwatch.config import CertificateRef, SecretEnvRef, SecretFileRef
+from mxwatch.exchange import (
+    check_credential,
+    connector_from_object,
+    error_text,
+    lookup_from_objects,
+    parse_objects,
+    retry_after_seconds,
+)
+from mxwatch.model import LookupStatus
+from tests.fixtures.sandbox import make_app_certificate
+
+GUID = "ac4d5ab0-6637-4e91-8d47-f5c2e95c71d9"
+
+
+def test_parse_objects_drops_annotation_keys_and_reads_warnings() -> None:
+    body = {
+        "@odata.context": "https://x/adminapi/beta/$metadata#InboundConnector",
+        "adminapi.warnings@odata.type": "#Collection(String)",
+        "@adminapi.warnings": ["careful"],
+        "value": [{"Name": "A", "SenderIPAddresses@odata.type": "#Collection(String)"}],
+    }
+    objects, warnings = parse_objects(body)
+    assert objects == [{"Name": "A"}]
+    assert warnings == ["careful"]
+
+
+def test_parse_objects_tolerates_missing_value_and_rejects_non_objects() -> None:
+    assert parse_objects({"@odata.context": "x"}) == ([], [])
+    assert parse_objects({"value": None, "@adminapi.warnings": None}) == ([], [])
+    with pytest.raises(ValueError):
+        parse_objects(["not", "an", "object"])
+
+
+def test_connector_defaults_for_missing_and_null_fields() -> None:
+    connector = connector_from_object({"Name": "A", "Guid": GUID, "SenderIPAddresses": None})
+    assert connector.enabled is False
+    assert connector.sender_ip_addresses == () and connector.sender_domains == ()
+    assert connector.require_tls is False and connector.connector_type == ""
+
+
+def test_connector_keeps_sender_domains_as_strings() -> None:
+    connector = connector_from_object(
+        {"Name": "A", "Guid": GUID, "Enabled": True, "SenderDomains": ["smtp:*;1"]}
+    )
+    assert connector.enabled is True and connector.sender_domains == ("smtp:*;1",)
+
+
+def test_lookup_matches_guid_in_any_spelling_and_name_case_insensitively() -> None:
+    objects = [{"Name": "Inbound", "Guid": GUID}, {"Name": "Other", "Guid": "1" * 32}]
+    assert lookup_from_objects("{" + GUID.upper() + "}", objects).status is LookupStatus.FOUND
+    assert lookup_from_objects("INBOUND", objects).status is LookupStatus.FOUND
+    missing = lookup_from_objects("Nope", objects)
+    assert missing.status is LookupStatus.MISSING and missing.returned == 2
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (
+            {
+                "code": "BadRequest",
+                "message": "Invalid Operation",
+                "details": [{"message": "|Microsoft.Exchange.SomeException|Real text."}],
+                "innererror": {"internalexception": {"message": "Inner text."}},
+            },
+            "Real text.",
+        ),
+        (
+            {
+                "message": "Invalid Operation",
+                "innererror": {"internalexception": {"message": "In"}},
+            },
+            "In",
+        ),
+        ({"message": "Only the message"}, "Only the message"),
+    ],
+)
+def test_error_text_prefers_details_then_inner_then_message(
+    error: dict[str, object], expected: str
+) -> None:
+    assert error_text(json.dumps({"error": error}).encode()) == expected
+
+
+def test_error_text_of_nul_or_empty_body_is_empty() -> None:
+    assert error_text(b"\x00\x00\x00") == ""
+    assert error_text(b"") == ""
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds("7", now) == 7.0
+    assert retry_after_seconds("Thu, 01 Jan 2026 12:00:30 GMT", now) == 30.0
+    assert retry_after_seconds("Thu, 01 Jan 2026 11:00:00 GMT", now) == 0.0
+    assert retry_after_seconds("soon", now) is None
+    assert retry_after_seconds(None, now) is None
+
+
+def test_check_credential_accepts_a_good_certificate(tmp_path: Path) -> None:
+    assert check_credential(CertificateRef(make_app_certificate(tmp_path).path)) == []
+
+
+def test_check_credential_reports_problems_without_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    only_cert = tmp_path / "cert-only.pem"
+    only_cert.write_bytes(make_app_certificate(tmp_path).certificate_pem)
+    ecdsa = tmp_path / "ecdsa.pem"
+    trustme.CA().issue_cert("x").private_key_and_cert_chain_pem.write_to_path(str(ecdsa))
+    empty = tmp_path / "empty-secret"
+    empty.write_text("\n")
+    monkeypatch.delenv("MXWATCH_UNSET_SECRET", raising=False)
+    monkeypatch.setenv("MXWATCH_BLANK_SECRET", "")
+
+    problems = {
+        "missing": check_credential(CertificateRef(tmp_path / "nope.pem")),
+        "no key": check_credential(CertificateRef(only_cert)),
+        "not rsa": check_credential(CertificateRef(ecdsa)),
+        "empty file": check_credential(SecretFileRef(empty)),
+        "unset": check_credential(SecretEnvRef("MXWATCH_UNSET_SECRET")),
+        "blank": check_credential(SecretEnvRef("MXWATCH_BLANK_SECRET")),
+    }
+    assert "file not found" in problems["missing"][0]
+    assert "no PEM private key" in problems["no key"][0]
+    assert "not RSA" in problems["not rsa"][0]
+    assert "empty" in problems["empty file"][0]
+    assert "is not set" in problems["unset"][0]
+    assert "is empty" in problems["blank"][0]
+    assert all("BEGIN" not in p for found in problems.values() for p in found)
+
+
+def test_check_credential_accepts_a_secret_file(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("value\n")
+    assert check_credential(SecretFileRef(secret)) == []
