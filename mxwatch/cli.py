@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, logs
-from .config import Config, ConfigError, default_config_path, load_config
+from .config import Config, ConfigError, credential_refs, default_config_path, load_config
 from .cycle import run_cycle
 from .dns import DnsObserver
 from .exchange import ExchangeClient, check_credential
@@ -108,17 +108,12 @@ def _config_failed(problems: Sequence[str]) -> int:
 
 
 def _check_config(config: Config) -> int:
-    problems: list[str] = []
-    refs = [("exchange", config.exchange.credential)]
-    refs += [(f"tenant[{i}]", t.credential) for i, t in enumerate(config.tenants)]
-    seen = set()
-    for where, ref in refs:
-        if ref is None or ref in seen:
-            continue
-        seen.add(ref)
-        problems += [f"{where}: {p}" for p in check_credential(ref)]
-    if config.exchange.ca_bundle and not config.exchange.ca_bundle.is_file():
-        problems.append(f"exchange.ca_bundle: no such file {config.exchange.ca_bundle}")
+    problems = [
+        f"{key}: {p}" for key, ref in credential_refs(config) for p in check_credential(ref)
+    ]
+    ca_bundle = config.exchange.ca_bundle
+    if ca_bundle is not None and not ca_bundle.is_file():
+        problems.append(f"exchange.ca_bundle: {ca_bundle} is not a file")
     if problems:
         return _config_failed(problems)
     domains = sum(len(t.domains) for t in config.tenants)

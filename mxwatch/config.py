@@ -227,43 +227,25 @@ def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Conf
     return _build(path, document)
 
 
-def credential_problems(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
-    """Check that the credentials a config refers to can be read now (for `check-config`).
-
-    `load_config` does not do this, so that a config can be validated on another machine.
-    Messages name the reference, never the secret.
-    """
-    env: Mapping[str, str] = os.environ if environ is None else environ
-    problems: list[str] = []
-    if config.exchange.ca_bundle is not None:
-        problems.extend(_file_problem("exchange.ca_bundle", config.exchange.ca_bundle))
-    checked: set[CredentialRef] = set()
+def credential_refs(config: Config) -> list[tuple[str, CredentialRef]]:
+    """Each distinct credential reference with the key path it comes from (for check-config)."""
+    refs: list[tuple[str, CredentialRef]] = []
+    seen: set[CredentialRef] = set()
     for index, tenant in enumerate(config.tenants):
         ref = tenant.credential
-        if ref in checked:
+        if ref in seen:
             continue
-        checked.add(ref)
+        seen.add(ref)
         where = "exchange" if ref == config.exchange.credential else f"tenant[{index}]"
-        problems.extend(_credential_problem(where, ref, env))
-    return problems
+        refs.append((f"{where}.{_CREDENTIAL_KEY_OF[type(ref)]}", ref))
+    return refs
 
 
-def _credential_problem(where: str, ref: CredentialRef, env: Mapping[str, str]) -> list[str]:
-    if isinstance(ref, CertificateRef):
-        return _file_problem(f"{where}.certificate", ref.path)
-    if isinstance(ref, SecretFileRef):
-        return _file_problem(f"{where}.client_secret_file", ref.path)
-    if not env.get(ref.name):
-        return [f"{where}.client_secret_env: environment variable {ref.name} is not set"]
-    return []
-
-
-def _file_problem(key: str, path: Path) -> list[str]:
-    if not path.is_file():
-        return [f"{key}: {path} is not a file"]
-    if not os.access(path, os.R_OK):
-        return [f"{key}: {path} is not readable by this user"]
-    return []
+_CREDENTIAL_KEY_OF: dict[type, str] = {
+    CertificateRef: "certificate",
+    SecretFileRef: "client_secret_file",
+    SecretEnvRef: "client_secret_env",
+}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from .config import (
     SecretFileRef,
     TenantConfig,
 )
+from .logs import register_secret
 from .model import (
     Connector,
     ConnectorLookup,
@@ -489,6 +490,8 @@ class ExchangeClient:
             credential = _load_credential(tenant.credential)
         except _CredentialProblem as problem:
             raise _fail(ErrorKind.CREDENTIALS, str(problem)) from None
+        # Belt and braces: should any library ever echo the material, the log renderer scrubs it.
+        register_secret(credential if isinstance(credential, str) else credential["private_key"])
         build = functools.partial(
             msal.ConfidentialClientApplication,
             tenant.client_id,

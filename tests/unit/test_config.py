@@ -19,7 +19,7 @@ from mxwatch.config import (
     ResolverSpec,
     SecretEnvRef,
     SecretFileRef,
-    credential_problems,
+    credential_refs,
     default_config_path,
     load_config,
     parse_duration,
@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 GUID_A = "11111111-1111-1111-1111-111111111111"
 GUID_B = "22222222-2222-2222-2222-222222222222"
 APP_ID = "33333333-3333-3333-3333-333333333333"
+GUID_C = "44444444-4444-4444-4444-444444444444"
 
 EXCHANGE = f"""
 [exchange]
@@ -427,23 +428,19 @@ def test_credentials_directory_expansion(load: Load, problems: Callable[..., lis
         ]
 
 
-def test_credential_problems(load: Load, tmp_path: Path) -> None:
-    pem = tmp_path / "app.pem"
-    pem.write_text("x")
+def test_credential_refs_name_each_distinct_reference_once(load: Load, tmp_path: Path) -> None:
     text = (
-        f'[exchange]\nclient_id = "{APP_ID}"\ncertificate = "{pem}"\n'
-        f'ca_bundle = "missing.pem"\n'
+        f'[exchange]\nclient_id = "{APP_ID}"\ncertificate = "app.pem"\n'
         + TENANT
         + f'[[tenant]]\nname = "b"\ntenant_id = "{GUID_B}"\nconnector = "c"\n'
         'domains = ["b.example"]\nclient_secret_env = "B_SECRET"\n'
+        f'[[tenant]]\nname = "c"\ntenant_id = "{GUID_C}"\nconnector = "c"\n'
+        'domains = ["c.example"]\n'
     )
     config = load(text)
-    assert credential_problems(config, {}) == [
-        f"exchange.ca_bundle: {tmp_path / 'missing.pem'} is not a file",
-        "tenant[1].client_secret_env: environment variable B_SECRET is not set",
-    ]
-    assert credential_problems(config, {"B_SECRET": "s"}) == [
-        f"exchange.ca_bundle: {tmp_path / 'missing.pem'} is not a file"
+    assert credential_refs(config) == [
+        ("exchange.certificate", CertificateRef(tmp_path / "app.pem")),
+        ("tenant[1].client_secret_env", SecretEnvRef("B_SECRET")),
     ]
 
 
