@@ -462,7 +462,10 @@ def _apply_connector(
         connector_checked_at=journal.now,
     )
     if found.enabled:
-        return _ConnectorFacts(_found_enabled(journal, record), guid=found.guid)
+        # Adoption is the whole of this cycle: a connector someone else just enabled is never
+        # disabled in the same breath; regression rules apply from the next cycle on.
+        adopting = record.state not in (TenantState.ENABLED, TenantState.REGRESSED)
+        return _ConnectorFacts(_found_enabled(journal, record), guid=found.guid, halt=adopting)
     if record.state in (TenantState.ENABLED, TenantState.REGRESSED):
         # Someone else turned it off: record that, and let later cycles re-earn the enable.
         record = journal.move(
@@ -662,7 +665,15 @@ def after_action(
         )
     if wanted:
         reason = f"enabled by mxwatch after {record.confirmations} confirmations"
-        record = journal.move(record, TenantState.ENABLED, reason, regressions=0)
+        record = journal.move(
+            record,
+            TenantState.ENABLED,
+            reason,
+            confirmations=0,
+            eligible_at=None,
+            eligible_reason="",
+            regressions=0,
+        )
     else:
         record = journal.move(
             record,
