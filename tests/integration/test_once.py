@@ -3,143 +3,31 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mxwatch.sandbox.exchange_api import ExchangeSandbox, Fault
-from tests.fixtures.knot import REFUSED_DOMAIN, KnotServer, unreachable_resolver
+from tests.fixtures.knot import REFUSED_DOMAIN, unreachable_resolver
+from tests.fixtures.rig import (
+    FILTER_MX,
+    M365_MX,
+    TENANT_B,
+    Rig,
+    Tenant,
+    contoso,
+    enabled,
+)
 from tests.fixtures.sandbox import (
     CLIENT_ID,
     CONNECTOR,
     SECRET,
-    SECRET_ENV,
     TENANT_ID,
     make_app_certificate,
 )
-
-FILTER_MX = [(10, "mx1.inbound.emailservice.io."), (20, "mx2.inbound.emailservice.cc.")]
-M365_MX = [(0, "contoso-com.mail.protection.outlook.com.")]
-TENANT_B = "44444444-4444-4444-4444-444444444444"
-
-
-@dataclass
-class Tenant:
-    name: str
-    tenant_id: str
-    domains: Sequence[str]
-    connector: str = CONNECTOR
-    certificate: Path | None = None
-
-
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-    events: list[dict[str, Any]] = field(default_factory=list)
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("event") == event]
-
-
-@dataclass
-class Rig:
-    """A config file pointing mxwatch at one Knot server and the sandbox."""
-
-    tmp: Path
-    knot: KnotServer
-    sandbox: ExchangeSandbox
-    policy: dict[str, Any] = field(
-        default_factory=lambda: {"confirmations": 2, "settle": "0s", "min_settle": "0s"}
-    )
-    resolvers: list[str] = field(default_factory=list)
-    credential: str = f'client_secret_env = "{SECRET_ENV}"'
-    tenants: list[Tenant] = field(default_factory=list)
-
-    def write(self) -> Path:
-        resolvers = self.resolvers or [f"127.0.0.1:{self.knot.port}"]
-        lines = [
-            "[daemon]",
-            f'state = "{self.tmp / "state.db"}"',
-            "[dns]",
-            f"resolvers = {json.dumps(resolvers)}",
-            "authoritative = false",
-            'timeout = "1s"',
-            "[policy]",
-            *(f"{k} = {json.dumps(v)}" for k, v in self.policy.items()),
-            "[exchange]",
-            'cloud = "custom"',
-            f'login_url = "{self.sandbox.url}"',
-            f'admin_url = "{self.sandbox.url}"',
-            f'ca_bundle = "{self.sandbox.ca_pem_path}"',
-            f'client_id = "{CLIENT_ID}"',
-            self.credential,
-        ]
-        for tenant in self.tenants:
-            lines += [
-                "[[tenant]]",
-                f'name = "{tenant.name}"',
-                f'tenant_id = "{tenant.tenant_id}"',
-                f'connector = "{tenant.connector}"',
-                f"domains = {json.dumps(list(tenant.domains))}",
-            ]
-            if tenant.certificate:
-                lines.append(f'certificate = "{tenant.certificate}"')
-        path = self.tmp / "mxwatch.toml"
-        path.write_text("\n".join(lines) + "\n")
-        return path
-
-    def mxwatch(self, *args: str) -> Run:
-        env = {
-            k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-        }
-        env[SECRET_ENV] = SECRET
-        done = subprocess.run(
-            [sys.executable, "-m", "mxwatch", "-c", str(self.write()), *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
-        return Run(done.returncode, done.stdout, done.stderr)
-
-    def once(self, *args: str) -> Run:
-        run = self.mxwatch("--once", *args)
-        # Every line a service writes to stdout is one JSON object.
-        run.events = [json.loads(line) for line in run.stdout.splitlines()]
-        return run
-
-    def status(self) -> dict[str, Any]:
-        run = self.mxwatch("status", "--json")
-        assert run.code == 0, run.stderr
-        return {t["name"]: t for t in json.loads(run.stdout)["tenants"]}
-
-    def set_calls(self) -> list[Any]:
-        return [r for r in self.sandbox.requests_to("api") if r.cmdlet == "Set-InboundConnector"]
-
-
-@pytest.fixture
-def rig(tmp_path: Path, knot: KnotServer, sandbox: ExchangeSandbox) -> Rig:
-    return Rig(tmp_path, knot, sandbox)
-
-
-def contoso(rig: Rig, mx: Sequence[tuple[int, str]] = FILTER_MX, **connector: Any) -> str:
-    """A one-domain tenant "contoso" with a disabled, well-formed connector; returns its GUID."""
-    rig.knot.add_zone("contoso.com", mx=mx, ttl=60)
-    rig.tenants.append(Tenant("contoso", TENANT_ID, ["contoso.com"]))
-    return rig.sandbox.add_connector(TENANT_ID, CONNECTOR, **connector)
-
-
-def enabled(rig: Rig, guid: str, tenant_id: str = TENANT_ID) -> bool:
-    return bool(rig.sandbox.connector(tenant_id, guid)["Enabled"])
 
 
 def test_cut_over_tenant_is_enabled_after_confirmations_across_runs(rig: Rig) -> None:
