@@ -8,15 +8,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, logs
+from . import __version__, daemon, health, logs
 from .config import Config, ConfigError, credential_refs, default_config_path, load_config
-from .cycle import run_cycle
-from .dns import DnsObserver
-from .exchange import ExchangeClient, check_credential
+from .exchange import check_credential
 from .store import Store, StoredTenant, StoreError
 
 EXIT_OK, EXIT_TROUBLE, EXIT_USAGE = 0, 1, 2
@@ -60,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "check-config", parents=[common], help="validate the config and its credential files"
     )
+    commands.add_parser(
+        "health",
+        parents=[common],
+        help="exit 0 if the last cycle finished within 3 x interval, else 1 with the reason",
+    )
+    parser.add_argument(
+        "--metrics-file",
+        type=Path,
+        metavar="PATH",
+        help="with --once: write Prometheus metrics here (node-exporter textfile format)",
+    )
     return parser
 
 
@@ -94,10 +103,26 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return _status(config, as_json=args.json)
     if args.command == "history":
         return _history(config, args.tenant, args.limit, as_json=args.json)
+    if args.command == "health":
+        return _health(config)
+    if args.metrics_file is not None and not args.once:
+        print(
+            "mxwatch: --metrics-file needs --once (the daemon serves [metrics] listen)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if args.once:
-        return asyncio.run(_once(config, dry_run=args.dry_run or config.daemon.dry_run))
-    print("mxwatch: the daemon is not available yet; run with --once", file=sys.stderr)
-    return EXIT_USAGE
+        dry_run = args.dry_run or config.daemon.dry_run
+        return asyncio.run(daemon.run_once(config, dry_run=dry_run, metrics_file=args.metrics_file))
+    return asyncio.run(daemon.run_daemon(config, dry_run_flag=args.dry_run))
+
+
+def _health(config: Config) -> int:
+    with Store.open_readonly(config.daemon.state) as store:
+        last = store.last_cycle()
+    ok, reason = health.check(last, config.daemon.interval, datetime.now(UTC))
+    print(f"mxwatch: {'healthy' if ok else 'unhealthy'}: {reason}")
+    return EXIT_OK if ok else EXIT_TROUBLE
 
 
 def _config_failed(problems: Sequence[str]) -> int:
@@ -119,21 +144,6 @@ def _check_config(config: Config) -> int:
     domains = sum(len(t.domains) for t in config.tenants)
     print(f"{config.path}: ok ({len(config.tenants)} tenants, {domains} domains)")
     return EXIT_OK
-
-
-async def _once(config: Config, *, dry_run: bool) -> int:
-    log = logs.get_logger("mxwatch")
-    if config.dns.authoritative:
-        log.warning(
-            "authoritative_not_supported",
-            detail="dns.authoritative = true: asking authoritative servers directly is not "
-            "implemented yet; only the configured resolvers are asked",
-        )
-    dns = DnsObserver(config.dns)
-    with Store.open(config.daemon.state) as store:
-        async with ExchangeClient(config.exchange) as exchange:
-            report = await run_cycle(config, store, dns, exchange, dry_run=dry_run)
-    return report.exit_code
 
 
 def _status(config: Config, *, as_json: bool) -> int:

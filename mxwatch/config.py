@@ -16,6 +16,7 @@ never written in the file; only references to them (a path or an environment var
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import enum
 import ipaddress
@@ -120,6 +121,8 @@ class DnsConfig:
     resolvers: tuple[ResolverSpec, ...] = (ResolverSpec("system", None),)
     authoritative: bool = True
     timeout: timedelta = timedelta(seconds=3)
+    # Test/lab option: the port authoritative servers are asked on. Real ones listen on 53.
+    authoritative_port: int = 53
 
 
 @dataclass(frozen=True)
@@ -148,9 +151,26 @@ class TenantConfig:
     tenant_id: str
     connector: str
     provider: Provider
-    domains: tuple[str, ...]
+    domains: tuple[str, ...]  # empty: every accepted domain of the tenant (Get-AcceptedDomain)
     client_id: str
     credential: CredentialRef
+    ignore_domains: tuple[str, ...] = ()  # accepted domains deliberately left out
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: tuple[str, int] | None = None  # (host, port) for /metrics and /healthz; None: off
+
+
+NotifyFormat = Literal["json", "slack", "teams"]
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    webhook: str | None = None  # the whole URL is a secret: Slack and Teams keep keys in it
+    format: NotifyFormat = "json"
+    timeout: timedelta = timedelta(seconds=5)
+    retries: int = 2  # further attempts after the first one fails
 
 
 @dataclass(frozen=True)
@@ -162,6 +182,8 @@ class Config:
     exchange: ExchangeConfig
     providers: dict[str, Provider]
     tenants: tuple[TenantConfig, ...]
+    metrics: MetricsConfig = MetricsConfig()
+    notify: NotifyConfig = NotifyConfig()
 
 
 DEFAULT_CONFIG_PATH = Path("/etc/mxwatch/mxwatch.toml")
@@ -398,6 +420,37 @@ def _port(value: str, text: str) -> int:
     return int(text)
 
 
+def _listen(value: object) -> tuple[str, int]:
+    form = '"HOST:PORT" such as "127.0.0.1:9464" or "[::1]:9464"'
+    if not isinstance(value, str) or value.count(":") == 0:
+        raise ValueError(f"must be {form}")
+    host, port = _split_host_port(value)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{value!r} is not {form}; the host must be an IP address") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{value!r}: the port must be 1-65535")
+    return str(address), port
+
+
+def _webhook(value: str) -> str:
+    # The URL is not echoed: Slack and Teams webhook URLs carry their secret in the path.
+    parts = urlsplit(value)
+    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+        return value  # a local relay or a test receiver; nothing leaves the machine
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError("must be an https URL (http is allowed only to 127.0.0.1 or ::1)")
+    return value
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _path(value: object, info: ValidationInfo) -> Path:
     """A file path; $NAME / ${NAME} come from the environment, relative means config dir.
 
@@ -474,6 +527,7 @@ class _Dns(_Table):
     ] = Field(default_factory=lambda: list(DnsConfig.resolvers))
     authoritative: bool = True
     timeout: PositiveDuration = DnsConfig.timeout
+    authoritative_port: Annotated[int, Field(ge=1, le=65535, strict=True)] = 53
 
 
 class _Policy(_Table):
@@ -504,12 +558,28 @@ class _Provider(_Table):
     sender_ips: list[Annotated[ipaddress.IPv4Network, PlainValidator(_cidr)]] | None = None
 
 
+_DomainList = Annotated[list[Annotated[str, AfterValidator(_domain)]], Field(min_length=1)]
+
+
 class _Tenant(_Credentials):
     name: Annotated[str, AfterValidator(_tenant_name)]
     tenant_id: Guid
     connector: Annotated[str, AfterValidator(_non_empty)]
     provider: str = "mailprotector"
-    domains: Annotated[list[Annotated[str, AfterValidator(_domain)]], Field(min_length=1)]
+    # Omitted: the tenant's accepted domains. Given: never empty, which is likely a mistake.
+    domains: _DomainList | None = None
+    ignore_domains: list[Annotated[str, AfterValidator(_domain)]] = []
+
+
+class _Metrics(_Table):
+    listen: Annotated[tuple[str, int], PlainValidator(_listen)] | None = None
+
+
+class _Notify(_Table):
+    webhook: Annotated[str, AfterValidator(_webhook)] | None = None
+    format: Literal["json", "slack", "teams"] = "json"
+    timeout: PositiveDuration = NotifyConfig.timeout
+    retries: Annotated[int, Field(ge=0, le=10)] = NotifyConfig.retries
 
 
 class _Document(_Table):
@@ -520,6 +590,8 @@ class _Document(_Table):
     exchange: _Exchange = Field(default_factory=dict, validate_default=True)
     providers: dict[str, _Provider] = Field(default_factory=dict)
     tenant: list[_Tenant] = Field(default_factory=list)
+    metrics: _Metrics = Field(default_factory=dict, validate_default=True)
+    notify: _Notify = Field(default_factory=dict, validate_default=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,7 +610,7 @@ _PLAIN_MESSAGES = {
 }
 
 
-_SECTION_ORDER = ("daemon", "dns", "policy", "exchange", "providers", "tenant")
+_SECTION_ORDER = ("daemon", "dns", "policy", "exchange", "metrics", "notify", "providers", "tenant")
 
 
 def _document_order(problem: str) -> tuple[int, int]:
@@ -590,6 +662,8 @@ def _known_keys(parent: tuple[str | int, ...]) -> list[str]:
         "exchange": _Exchange,
         "providers": _Provider,
         "tenant": _Tenant,
+        "metrics": _Metrics,
+        "notify": _Notify,
     }
     model = tables.get(str(parent[0]), _Document) if parent else _Document
     return list(model.model_fields)
@@ -727,6 +801,8 @@ def _domain_problems(tenants: list[tuple[int, Mapping[str, Any]]]) -> list[str]:
             if name is None:
                 continue
             where = f"tenant[{index}].domains[{position}]"
+            if name in _ignored(tenant):
+                problems.append(f"{where}: {name} is also in tenant[{index}].ignore_domains")
             first, spelling = seen.setdefault(name, (where, value))
             if first != where:
                 problems.append(
@@ -734,6 +810,15 @@ def _domain_problems(tenants: list[tuple[int, Mapping[str, Any]]]) -> list[str]:
                     f"both {name}{_across(first, index)}"
                 )
     return problems
+
+
+def _ignored(tenant: Mapping[str, Any]) -> set[str]:
+    names = tenant.get("ignore_domains")
+    ignored = set()
+    for value in names if isinstance(names, list) else []:
+        with contextlib.suppress(ValueError, TypeError):
+            ignored.add(_domain(value))
+    return ignored
 
 
 def _across(first: str, index: int) -> str:
@@ -762,11 +847,14 @@ def _build(path: Path, document: _Document) -> Config:
             resolvers=tuple(document.dns.resolvers),
             authoritative=document.dns.authoritative,
             timeout=document.dns.timeout,
+            authoritative_port=document.dns.authoritative_port,
         ),
         policy=PolicyConfig(**document.policy.model_dump()),
         exchange=exchange,
         providers=providers,
         tenants=tenants,
+        metrics=MetricsConfig(listen=document.metrics.listen),
+        notify=NotifyConfig(**document.notify.model_dump()),
     )
 
 
@@ -830,7 +918,8 @@ def _build_tenant(
         tenant_id=table.tenant_id,
         connector=table.connector,
         provider=providers[table.provider],
-        domains=tuple(table.domains),
+        domains=tuple(table.domains or ()),
         client_id=client_id,
         credential=credential,
+        ignore_domains=tuple(table.ignore_domains),
     )

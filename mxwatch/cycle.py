@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -50,6 +50,8 @@ class DnsSource(Protocol):
 class ExchangeApi(Protocol):
     async def find_connector(self, tenant: TenantConfig, identity: str) -> ConnectorLookup: ...
 
+    async def accepted_domains(self, tenant: TenantConfig) -> tuple[str, ...]: ...
+
     async def set_connector_enabled(
         self, tenant: TenantConfig, guid: str, enabled: bool
     ) -> Connector: ...
@@ -69,6 +71,9 @@ class CycleReport:
     errors: int
     duration: float
     transitions: int
+    # For notifications and metrics (daemon.py): what changed, and every source's answer.
+    journal: tuple[Transition, ...] = ()
+    dns_answers: dict[str, int] = field(default_factory=dict)  # per-source verdict -> count
 
     @property
     def exit_code(self) -> int:
@@ -87,13 +92,18 @@ async def run_cycle(
     clock: Clock = utc_now,
 ) -> CycleReport:
     started = time.monotonic()
-    domain_count = sum(len(t.domains) for t in config.tenants)
-    log.info("cycle_started", tenants=len(config.tenants), domains=domain_count, dry_run=dry_run)
-    requests = [(d, t.provider) for t in config.tenants for d in t.domains]
+    stored = {t.name: store.load(t.name) for t in config.tenants}
+    # The accepted domains as last read are the stored domain rows.
+    sets = {
+        t.name: policy.domain_sets(t, [d.domain for d in s.domains] if s else [])
+        for t, s in ((t, stored[t.name]) for t in config.tenants)
+    }
+    requests = [(d, t.provider) for t in config.tenants for d in sets[t.name].observed]
+    log.info("cycle_started", tenants=len(config.tenants), domains=len(requests), dry_run=dry_run)
     observations = await dns.observe_many(requests, clock())
+    context = _CycleContext(config, dns, exchange, dry_run, clock)
     runs = [
-        _run_tenant(tenant, store.load(tenant.name), observations, config, exchange, dry_run, clock)
-        for tenant in config.tenants
+        _run_tenant(context, t, stored[t.name], sets[t.name], observations) for t in config.tenants
     ]
     results = await asyncio.gather(*runs)
     transitions = [t for r in results for t in r.transitions]
@@ -106,6 +116,10 @@ async def run_cycle(
         errors=sum(r.errors for r in results),
         duration=time.monotonic() - started,
         transitions=len(transitions),
+        journal=tuple(transitions),
+        dns_answers=dict(
+            Counter(s.verdict.value for o in observations.values() for s in o.sources)
+        ),
     )
     log.info(
         "cycle_finished",
@@ -119,21 +133,28 @@ async def run_cycle(
     return report
 
 
+@dataclass(frozen=True)
+class _CycleContext:
+    config: Config
+    dns: DnsSource
+    exchange: ExchangeApi
+    dry_run: bool
+    clock: Clock
+
+
 async def _run_tenant(
+    context: _CycleContext,
     tenant: TenantConfig,
     stored: StoredTenant | None,
+    sets: policy.DomainSets,
     observations: dict[str, DomainObservation],
-    config: Config,
-    exchange: ExchangeApi,
-    dry_run: bool,
-    clock: Clock,
 ) -> TenantResult:
     previous = stored or StoredTenant(
-        tenant.tenant_id, tenant.connector, TenantRecord(tenant.name, since=clock()), ()
+        tenant.tenant_id, tenant.connector, TenantRecord(tenant.name, since=context.clock()), ()
     )
     try:
-        run = _TenantRun(tenant, previous, config, exchange, dry_run, clock)
-        return await run.execute(observations)
+        run = _TenantRun(context, tenant, previous)
+        return await run.execute(sets, observations)
     except Exception as exc:  # one tenant's bug or outage must never stop the others
         log.error("tenant_failed", tenant=tenant.name, error=f"{type(exc).__name__}: {exc}")
         return TenantResult(previous, (), 1)
@@ -143,67 +164,80 @@ class _TenantRun:
     """observe -> decide -> act for one tenant; collects what is to be recorded."""
 
     def __init__(
-        self,
-        tenant: TenantConfig,
-        previous: StoredTenant,
-        config: Config,
-        exchange: ExchangeApi,
-        dry_run: bool,
-        clock: Clock,
+        self, context: _CycleContext, tenant: TenantConfig, previous: StoredTenant
     ) -> None:
-        self.tenant, self.previous, self.config = tenant, previous, config
-        self.exchange, self.dry_run, self.clock = exchange, dry_run, clock
+        self.tenant, self.previous = tenant, previous
+        self.config, self.exchange = context.config, context.exchange
+        self.dns, self.dry_run, self.clock = context.dns, context.dry_run, context.clock
         self.transitions: list[Transition] = []
         self.errors = 0
+        self.records: dict[str, DomainRecord] = {}
 
-    async def execute(self, observations: dict[str, DomainObservation]) -> TenantResult:
-        domains = self._observe(observations)
+    async def execute(
+        self, sets: policy.DomainSets, observations: dict[str, DomainObservation]
+    ) -> TenantResult:
+        self._observe({d: observations[d] for d in sets.observed})
         record = replace(self.previous.record, name=self.tenant.name)
-        read = await self._read_connector(record, domains)
+        why = policy.connector_read_reason(
+            self.tenant.name, record, self._pick(sets.managed), self.config.policy, self.clock()
+        )
+        read: policy.ConnectorRead = None
+        if why is not None:
+            log.debug("connector_read", tenant=self.tenant.name, why=why)
+            read, sets = await self._read_exchange(sets)
+        managed = self._pick(sets.managed)
         decision = policy.decide(
             self.tenant.name,
             record,
-            domains,
+            managed,
             read,
             self.tenant.provider,
             self.config.policy,
             self.clock(),
+            unmanaged=self._pick(sets.unmanaged),
         )
         self._note(decision)
         record = decision.record
         for action in decision.actions:
-            record = await self._act(record, domains, action)
-        stored = StoredTenant(self.tenant.tenant_id, self.tenant.connector, record, domains)
+            record = await self._act(record, managed, action)
+        stored = StoredTenant(
+            self.tenant.tenant_id, self.tenant.connector, record, self._pick(sets.observed)
+        )
         return TenantResult(stored, tuple(self.transitions), self.errors)
 
-    def _observe(self, observations: dict[str, DomainObservation]) -> tuple[DomainRecord, ...]:
+    def _pick(self, names: Sequence[str]) -> tuple[DomainRecord, ...]:
+        return tuple(self.records[d] for d in names)
+
+    def _observe(self, observed: dict[str, DomainObservation]) -> None:
         known = {d.domain: d for d in self.previous.domains}
-        mine = {d: observations[d] for d in self.tenant.domains}
-        domains, changes = policy.update_domains(self.tenant.name, known, mine, self.clock())
+        records, changes = policy.update_domains(self.tenant.name, known, observed, self.clock())
+        self.records.update((r.domain, r) for r in records)
         self.transitions.extend(changes)
-        for domain, observed in mine.items():
-            if observed.verdict is Verdict.UNKNOWN:
+        for domain, observation in observed.items():
+            if observation.verdict is Verdict.UNKNOWN:
                 log.warning(
                     "dns_inconclusive",
                     tenant=self.tenant.name,
                     domain=domain,
-                    reason=observed.reason,
+                    reason=observation.reason,
                 )
-        return domains
 
-    async def _read_connector(
-        self, record: TenantRecord, domains: Sequence[DomainRecord]
-    ) -> policy.ConnectorRead:
-        why = policy.connector_read_reason(
-            self.tenant.name, record, domains, self.config.policy, self.clock()
-        )
-        if why is None:
-            return None
-        log.debug("connector_read", tenant=self.tenant.name, why=why)
+    async def _read_exchange(
+        self, sets: policy.DomainSets
+    ) -> tuple[policy.ConnectorRead, policy.DomainSets]:
+        """Read the connector and the accepted domains; observe accepted domains new to us."""
         try:
-            return await self.exchange.find_connector(self.tenant, self.tenant.connector)
+            lookup = await self.exchange.find_connector(self.tenant, self.tenant.connector)
+            accepted = await self.exchange.accepted_domains(self.tenant)
         except ExchangeError as exc:
-            return self._failed("Get-InboundConnector", exc.failure)
+            return self._failed(exc.failure.cmdlet, exc.failure), sets
+        fresh = policy.domain_sets(self.tenant, accepted)
+        new = [d for d in fresh.observed if d not in self.records]
+        if new:
+            log.info("accepted_domains_added", tenant=self.tenant.name, domains=new)
+            requests = [(d, self.tenant.provider) for d in new]
+            self._observe(await self.dns.observe_many(requests, self.clock()))
+        return lookup, fresh
 
     async def _act(
         self, record: TenantRecord, domains: Sequence[DomainRecord], action: policy.Action

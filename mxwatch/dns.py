@@ -1,37 +1,60 @@
-"""MX lookups, one per configured resolver, turned into Observations (DESIGN.md §3).
+"""MX lookups from every source, turned into Observations (DESIGN.md §3).
 
-Each resolver in `config.resolvers` is a separate source with its own dnspython resolver that
-knows exactly one nameserver (or, for "system", the ones in /etc/resolv.conf), so a failing
-source is reported as `unknown` instead of silently falling through to another one.
+Sources:
 
-Asking the domains' authoritative servers (`config.authoritative`) is not implemented yet.
+- Each resolver in `config.resolvers` has its own dnspython resolver that knows exactly one
+  nameserver (or, for "system", the ones in /etc/resolv.conf), so a failing source is reported
+  as `unknown` instead of silently falling through to another one.
+- With `config.authoritative`, every address of every name server of the domain's zone is a
+  source too (`auth:ns1.example.com@192.0.2.53`), asked with RD off and trusted only with AA.
+  A secondary that lags behind its primary still serves the old MX, and senders that happen
+  to ask it still deliver directly, so it must hold the cutover back. The zone, its NS set and
+  the servers' addresses are found through the resolvers and cached for their TTLs.
+
+Odd data, decided here:
+
+- A CNAME at the domain is followed (RFC 5321 §5.1: senders use the MX of the target). An
+  authoritative server answers an out-of-zone target with the CNAME alone; the target's own
+  authoritative servers are then asked, as sources of this domain.
+- An MX exchange that is itself a CNAME (forbidden by RFC 2181 §10.3) is classified by the name
+  as written, as senders' MTAs mostly do, and the reason says so.
+- IP-literal exchanges never match a provider; names are compared lower case without the dot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Generic, TypeVar
 
+import dns.asyncquery
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.message
 import dns.name
 import dns.nameserver
 import dns.rcode
 import dns.rdatatype
 import dns.resolver
+import dns.rrset
 import structlog
+from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.MX import MX
+from dns.rdtypes.ANY.NS import NS
 from dns.rdtypes.ANY.SOA import SOA
+from dns.rdtypes.IN.A import A
 
 from .config import DnsConfig, ResolverSpec
 from .model import DomainObservation, MxRecord, Observation, Verdict
 from .policy import combine_observations
-from .providers import Provider
+from .providers import BadName, Provider, normalise_name
 
 log = structlog.get_logger("mxwatch.dns")
 
@@ -186,9 +209,27 @@ def _answered(
     domain: str, source: str, answer: dns.resolver.Answer, provider: Provider, now: datetime
 ) -> Observation:
     if answer.rrset is None:  # NODATA
-        return classify(domain, source, (), provider, now, ttl=_negative_ttl(answer.response))
-    records = [(rd.preference, rd.exchange.to_text()) for rd in answer.rrset if isinstance(rd, MX)]
-    return classify(domain, source, records, provider, now, ttl=answer.rrset.ttl)
+        observation = classify(
+            domain, source, (), provider, now, ttl=_negative_ttl(answer.response)
+        )
+    else:
+        records = _mx_pairs(answer.rrset)
+        observation = classify(domain, source, records, provider, now, ttl=answer.rrset.ttl)
+    if answer.canonical_name != answer.qname:
+        return _noted(observation, f"via CNAME to {_text(answer.canonical_name)}")
+    return observation
+
+
+def _mx_pairs(rrset: dns.rrset.RRset) -> list[tuple[int, str]]:
+    return [(rd.preference, rd.exchange.to_text()) for rd in rrset if isinstance(rd, MX)]
+
+
+def _noted(observation: Observation, note: str) -> Observation:
+    return dataclasses.replace(observation, reason=f"{observation.reason} ({note})")
+
+
+def _text(name: dns.name.Name) -> str:
+    return normalise_exchange(name.to_text())
 
 
 def _failed(
@@ -199,13 +240,18 @@ def _failed(
         responses: dict[dns.name.Name, dns.message.Message] = exc.kwargs.get("responses", {})
         ttl = _negative_ttl(next(iter(responses.values()), None))
         return _observation(domain, source, Verdict.NO_MX, (), ttl, "NXDOMAIN", now)
-    if isinstance(exc, dns.resolver.LifetimeTimeout):
-        reason = f"timeout after {_seconds(lifetime)}"
-    elif isinstance(exc, dns.resolver.NoNameservers):
-        reason = _failure_reason(exc.kwargs.get("errors", []))
-    else:
-        reason = f"lookup failed: {type(exc).__name__}: {exc}"
-    return unknown(domain, source, reason, now)
+    return unknown(domain, source, _failure_text(exc, lifetime), now)
+
+
+def _failure_text(exc: Exception, lifetime: float) -> str:
+    """Why a lookup got no answer, for the reason of an unknown source."""
+    if isinstance(exc, dns.resolver.LifetimeTimeout | dns.exception.Timeout):
+        return f"timeout after {_seconds(lifetime)}"
+    if isinstance(exc, dns.resolver.NoNameservers):
+        return _failure_reason(exc.kwargs.get("errors", []))
+    if isinstance(exc, OSError | EOFError):
+        return f"network error: {exc}"
+    return f"lookup failed: {type(exc).__name__}: {exc}"
 
 
 # --- sources -------------------------------------------------------------------------------
@@ -240,22 +286,203 @@ def _make_source(spec: ResolverSpec, lifetime: float) -> _Source:
     return _Source(spec.label, resolver)
 
 
+# --- authoritative servers -----------------------------------------------------------------
+
+MAX_CNAME_HOPS = 8
+# Delegation data is looked up again after a day even when its TTL is longer, so a zone moved
+# to new name servers is noticed within a day.
+MAX_CACHE_SECONDS = 86400
+# The DNS Flag Day 2020 size: large enough for most MX sets, small enough not to fragment;
+# a larger answer comes back truncated and is asked again over TCP.
+_EDNS_PAYLOAD = 1232
+
+
+class DelegationError(Exception):
+    """The zone, NS set or server addresses of a name could not be found."""
+
+
+@dataclass(frozen=True)
+class AuthServer:
+    """One address of one name server of `zone`; `address` is None when it has none."""
+
+    zone: dns.name.Name
+    host: str
+    address: str | None
+    problem: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"auth:{self.host}@{self.address}" if self.address else f"auth:{self.host}"
+
+
+@dataclass(frozen=True)
+class _Alias:
+    """An authoritative answer ending in a CNAME to a name the server does not answer for."""
+
+    target: dns.name.Name
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _TtlCache(Generic[K, V]):
+    """Values kept until their DNS TTL runs out (by the caller's `now`), loaded once at a time.
+
+    Concurrent lookups of one key share a single load, so a cycle over many domains of one
+    zone asks for its NS set once. Failures are not cached: the next cycle asks again.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[K, tuple[V, datetime]] = {}
+        self._loading: dict[K, asyncio.Task[V]] = {}
+
+    async def get(self, key: K, now: datetime, load: Callable[[], Awaitable[tuple[V, int]]]) -> V:
+        entry = self._entries.get(key)
+        if entry is not None and now < entry[1]:
+            return entry[0]
+        task = self._loading.get(key)
+        # A task belongs to its event loop; an observer may outlive a loop (see _limiter).
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            task = asyncio.ensure_future(self._load(key, now, load))
+            self._loading[key] = task
+            task.add_done_callback(lambda done: self._forget(key, done))
+        # One caller being cancelled must not cancel the lookup the others wait for.
+        return await asyncio.shield(task)
+
+    async def _load(self, key: K, now: datetime, load: Callable[[], Awaitable[tuple[V, int]]]) -> V:
+        value, ttl = await load()
+        seconds = min(max(ttl, 0), MAX_CACHE_SECONDS)
+        self._entries[key] = (value, now + timedelta(seconds=seconds))
+        return value
+
+    def _forget(self, key: K, done: asyncio.Task[V]) -> None:
+        if self._loading.get(key) is done:
+            del self._loading[key]
+        if not done.cancelled():
+            done.exception()  # retrieved, so asyncio does not warn when every waiter left
+
+
+def _find(
+    section: Sequence[dns.rrset.RRset], name: dns.name.Name, rdtype: dns.rdatatype.RdataType
+) -> dns.rrset.RRset | None:
+    return next((rrset for rrset in section if rrset.name == name and rrset.rdtype == rdtype), None)
+
+
+def _follow_cnames(response: dns.message.Message, name: dns.name.Name) -> dns.name.Name:
+    """The end of the CNAME chain starting at `name` within the answer section."""
+    current = name
+    for _ in range(MAX_CNAME_HOPS):
+        rrset = _find(response.answer, current, dns.rdatatype.CNAME)
+        targets = [rd.target for rd in rrset or () if isinstance(rd, CNAME)]
+        if not targets:
+            break
+        current = targets[0]
+    return current
+
+
+def _answers_for(response: dns.message.Message, name: dns.name.Name, zone: dns.name.Name) -> bool:
+    """Whether an authoritative NOERROR without MX is NODATA for `name` (not an alias exit)."""
+    has_soa = any(rrset.rdtype == dns.rdatatype.SOA for rrset in response.authority)
+    return name.is_subdomain(zone) and has_soa
+
+
+def _authoritative_answer(
+    domain: str,
+    server: AuthServer,
+    name: dns.name.Name,
+    response: dns.message.Message,
+    provider: Provider,
+    now: datetime,
+) -> Observation | _Alias:
+    """One server's answer: refused, not authoritative, an MX set, NODATA, or an alias exit."""
+    label, rcode = server.label, response.rcode()
+    if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        return unknown(domain, label, f"{dns.rcode.to_text(rcode)} from {server.host}", now)
+    if not response.flags & dns.flags.AA:
+        reason = (
+            f"answer without the AA flag: {server.host} is not authoritative for "
+            f"{_text(server.zone)} (lame delegation)"
+        )
+        return unknown(domain, label, reason, now)
+    final = _follow_cnames(response, name)
+    mx = _find(response.answer, final, dns.rdatatype.MX)
+    if rcode == dns.rcode.NXDOMAIN:
+        observation = _observation(
+            domain, label, Verdict.NO_MX, (), _negative_ttl(response), "NXDOMAIN", now
+        )
+    elif mx is not None:
+        observation = classify(domain, label, _mx_pairs(mx), provider, now, ttl=mx.ttl)
+    elif final != name and not _answers_for(response, final, server.zone):
+        return _Alias(final)
+    else:
+        observation = classify(domain, label, (), provider, now, ttl=_negative_ttl(response))
+    return _noted(observation, f"via CNAME to {_text(final)}") if final != name else observation
+
+
+def _zone_from_negative(
+    candidate: dns.name.Name, response: dns.message.Message | None
+) -> tuple[dns.name.Name, int] | None:
+    """The zone named by the SOA of a NODATA/NXDOMAIN answer for `candidate`, if any."""
+    if response is None:
+        return None
+    for rrset in response.answer:
+        if rrset.name == candidate and rrset.rdtype == dns.rdatatype.CNAME:
+            return None  # an alias: the SOA is of the target's zone, not of `candidate`'s
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA and candidate.is_subdomain(rrset.name):
+            return rrset.name, _negative_ttl(response) or 0
+    return None
+
+
+def _nxdomain_response(
+    exc: dns.resolver.NXDOMAIN, name: dns.name.Name
+) -> dns.message.Message | None:
+    responses: dict[dns.name.Name, dns.message.Message] = exc.kwargs.get("responses", {})
+    return responses.get(name)
+
+
+def _is_host_name(exchange: str) -> bool:
+    return exchange != NULL_MX_EXCHANGE and not is_ip_literal(exchange)
+
+
+def _with_alias_notes(observation: Observation, aliases: Mapping[str, str]) -> Observation:
+    hosts = dict.fromkeys(record.exchange for record in observation.mx)
+    notes = [
+        f"{host} is a CNAME to {aliases[host]}, which RFC 2181 §10.3 forbids for an MX "
+        "exchange; classified by the name as written"
+        for host in hosts
+        if host in aliases
+    ]
+    if not notes:
+        return observation
+    return dataclasses.replace(observation, reason="; ".join([observation.reason, *notes]))
+
+
 # --- the observer --------------------------------------------------------------------------
 
 
 class DnsObserver:
-    """Looks up MX records from every configured resolver and classifies them."""
+    """Looks up MX records from every source (resolvers, authoritative servers) and classifies
+    them. One observer is meant to live as long as the process: it caches delegations."""
 
     def __init__(self, config: DnsConfig, *, concurrency: int = 64) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self._lifetime = config.timeout.total_seconds()
         self._sources = tuple(_make_source(spec, self._lifetime) for spec in config.resolvers)
+        self._authoritative = config.authoritative
+        self._auth_port = config.authoritative_port
         self._concurrency = concurrency
         self._semaphore: asyncio.Semaphore | None = None
         self._semaphore_loop: asyncio.AbstractEventLoop | None = None
         self._in_flight = 0
         self._peak_in_flight = 0
+        self._queries: Counter[str] = Counter()
+        self._zones: _TtlCache[dns.name.Name, dns.name.Name] = _TtlCache()
+        self._nameservers: _TtlCache[dns.name.Name, tuple[str, ...]] = _TtlCache()
+        self._addresses: _TtlCache[str, tuple[str, ...]] = _TtlCache()
+        self._aliases: _TtlCache[str, str | None] = _TtlCache()
 
     @property
     def in_flight(self) -> int:
@@ -267,11 +494,30 @@ class DnsObserver:
         """The most queries ever in flight at once; never above `concurrency`."""
         return self._peak_in_flight
 
+    @property
+    def query_counts(self) -> Mapping[str, int]:
+        """Lookups asked so far, by kind (for metrics, and to see what the caches save).
+
+        Kinds: "mx" (a resolver source), "soa", "ns", "a" (finding authoritative servers),
+        "cname" (is an MX exchange an alias?), "auth_mx" (one query to one authoritative
+        server) and "auth_tcp" (of those, answered over TCP after a truncated UDP answer).
+        """
+        return dict(self._queries)
+
     async def observe(self, domain: str, provider: Provider, now: datetime) -> DomainObservation:
         """Ask every source about one domain and combine the answers."""
-        observations = await asyncio.gather(
-            *(self._observe_source(source, domain, provider, now) for source in self._sources)
+        try:
+            name = dns.name.from_text(normalise_name(domain))
+        except (BadName, dns.exception.DNSException) as exc:
+            reason = f"not a valid domain name: {exc}"
+            return combine_observations(domain, [unknown(domain, "config", reason, now)], now)
+        resolved, authoritative = await asyncio.gather(
+            asyncio.gather(
+                *(self._observe_source(s, domain, name, provider, now) for s in self._sources)
+            ),
+            self._observe_authoritative(domain, name, provider, now),
         )
+        observations = await self._note_alias_exchanges([*resolved, *authoritative], now)
         return combine_observations(domain, observations, now)
 
     async def observe_many(
@@ -287,13 +533,23 @@ class DnsObserver:
         )
         return {result.domain: result for result in results}
 
+    # --- resolver sources ------------------------------------------------------------------
+
     async def _observe_source(
-        self, source: _Source, domain: str, provider: Provider, now: datetime
+        self,
+        source: _Source,
+        domain: str,
+        name: dns.name.Name,
+        provider: Provider,
+        now: datetime,
     ) -> Observation:
         if source.resolver is None:
             return unknown(domain, source.label, source.problem, now)
+        self._queries["mx"] += 1
         async with self._slot():
-            observation = await self._lookup(source.label, source.resolver, domain, provider, now)
+            observation = await self._lookup(
+                source.label, source.resolver, domain, name, provider, now
+            )
         log.debug(
             "dns_answer",
             domain=domain,
@@ -308,19 +564,214 @@ class DnsObserver:
         label: str,
         resolver: dns.asyncresolver.Resolver,
         domain: str,
+        name: dns.name.Name,
         provider: Provider,
         now: datetime,
     ) -> Observation:
         try:
             answer = await resolver.resolve(
-                dns.name.from_text(domain),
-                dns.rdatatype.MX,
-                raise_on_no_answer=False,
-                search=False,
+                name, dns.rdatatype.MX, raise_on_no_answer=False, search=False
             )
         except (dns.exception.DNSException, OSError, EOFError) as exc:
             return _failed(domain, label, exc, self._lifetime, now)
         return _answered(domain, label, answer, provider, now)
+
+    # --- authoritative sources -------------------------------------------------------------
+
+    async def _observe_authoritative(
+        self, domain: str, name: dns.name.Name, provider: Provider, now: datetime
+    ) -> list[Observation]:
+        if not self._authoritative:
+            return []
+        return await self._ask_zone_servers(domain, name, provider, now, hops=0)
+
+    async def _ask_zone_servers(
+        self, domain: str, name: dns.name.Name, provider: Provider, now: datetime, hops: int
+    ) -> list[Observation]:
+        """Every server address of the zone holding `name` is a source for `domain`."""
+        try:
+            servers = await self._servers_of(name, now)
+        except DelegationError as exc:
+            reason = f"authoritative servers of {_text(name)} not found: {exc}"
+            return [unknown(domain, "auth", reason, now)]
+        answers = await asyncio.gather(
+            *(self._ask_server(server, domain, name, provider, now) for server in servers)
+        )
+        observations = [answer for answer in answers if isinstance(answer, Observation)]
+        targets = dict.fromkeys(answer.target for answer in answers if isinstance(answer, _Alias))
+        for target in targets:
+            observations += await self._follow_alias(domain, name, target, provider, now, hops)
+        return observations
+
+    async def _follow_alias(
+        self,
+        domain: str,
+        name: dns.name.Name,
+        target: dns.name.Name,
+        provider: Provider,
+        now: datetime,
+        hops: int,
+    ) -> list[Observation]:
+        """The target's own servers stand in for the servers that answered with the CNAME."""
+        note = f"via CNAME {_text(name)} to {_text(target)}"
+        if hops + 1 >= MAX_CNAME_HOPS:
+            reason = f"CNAME chain longer than {MAX_CNAME_HOPS} ({note})"
+            return [unknown(domain, "auth", reason, now)]
+        chased = await self._ask_zone_servers(domain, target, provider, now, hops + 1)
+        return [_noted(observation, note) for observation in chased]
+
+    async def _ask_server(
+        self,
+        server: AuthServer,
+        domain: str,
+        name: dns.name.Name,
+        provider: Provider,
+        now: datetime,
+    ) -> Observation | _Alias:
+        if server.address is None:
+            return unknown(domain, server.label, f"cannot ask {server.host}: {server.problem}", now)
+        try:
+            response = await self._query_authority(server.address, name)
+        except (dns.exception.DNSException, OSError, EOFError) as exc:
+            return unknown(domain, server.label, _failure_text(exc, self._lifetime), now)
+        return _authoritative_answer(domain, server, name, response, provider, now)
+
+    async def _query_authority(self, address: str, name: dns.name.Name) -> dns.message.Message:
+        query = dns.message.make_query(name, dns.rdatatype.MX, use_edns=0, payload=_EDNS_PAYLOAD)
+        # RD off: the server must answer from its own zone data, never from a cache.
+        query.flags &= ~dns.flags.RD
+        # Two tries, as for resolvers: one lost UDP packet should not make a server unknown.
+        try:
+            return await self._send(query, address)
+        except dns.exception.Timeout:
+            return await self._send(query, address)
+
+    async def _send(self, query: dns.message.Message, address: str) -> dns.message.Message:
+        self._queries["auth_mx"] += 1
+        async with self._slot():
+            response, used_tcp = await dns.asyncquery.udp_with_fallback(
+                query, address, timeout=self._lifetime / 2, port=self._auth_port
+            )
+        if used_tcp:
+            self._queries["auth_tcp"] += 1
+        return response
+
+    # --- finding the authoritative servers (through the resolvers, cached) -----------------
+
+    async def _servers_of(self, name: dns.name.Name, now: datetime) -> tuple[AuthServer, ...]:
+        zone = await self._zones.get(name, now, lambda: self._find_zone(name))
+        hosts = await self._nameservers.get(zone, now, lambda: self._find_nameservers(zone))
+        groups = await asyncio.gather(*(self._host_servers(zone, host, now) for host in hosts))
+        return tuple(server for group in groups for server in group)
+
+    async def _host_servers(
+        self, zone: dns.name.Name, host: str, now: datetime
+    ) -> list[AuthServer]:
+        try:
+            addresses = await self._addresses.get(host, now, lambda: self._find_addresses(host))
+        except DelegationError as exc:
+            return [AuthServer(zone, host, None, str(exc))]
+        if not addresses:
+            return [AuthServer(zone, host, None, "it has no IPv4 address")]
+        return [AuthServer(zone, host, address) for address in addresses]
+
+    async def _find_zone(self, name: dns.name.Name) -> tuple[dns.name.Name, int]:
+        """Walk up from `name` until an SOA answer shows which zone holds it."""
+        candidate = name
+        while True:
+            found = await self._zone_apex(candidate)
+            if found is not None:
+                return found
+            if candidate == dns.name.root:
+                raise DelegationError(f"no SOA found for {_text(name)} or any parent")
+            candidate = candidate.parent()
+
+    async def _zone_apex(self, candidate: dns.name.Name) -> tuple[dns.name.Name, int] | None:
+        """The zone holding `candidate` when one SOA lookup shows it, else None (try the parent)."""
+        try:
+            answer = await self._ask_resolvers(candidate, dns.rdatatype.SOA, "soa")
+        except dns.resolver.NXDOMAIN as exc:
+            return _zone_from_negative(candidate, _nxdomain_response(exc, candidate))
+        if answer.canonical_name != candidate:
+            return None  # an alias is never a zone apex; it lives in its parent's zone
+        if answer.rrset is not None:
+            return candidate, answer.rrset.ttl
+        return _zone_from_negative(candidate, answer.response)
+
+    async def _find_nameservers(self, zone: dns.name.Name) -> tuple[tuple[str, ...], int]:
+        try:
+            answer = await self._ask_resolvers(zone, dns.rdatatype.NS, "ns")
+        except dns.resolver.NXDOMAIN:
+            raise DelegationError(f"NXDOMAIN for the NS records of {_text(zone)}") from None
+        if answer.rrset is None or answer.canonical_name != zone:
+            raise DelegationError(f"no NS records at {_text(zone)}")
+        hosts = sorted({_text(rd.target) for rd in answer.rrset if isinstance(rd, NS)})
+        return tuple(hosts), answer.rrset.ttl
+
+    async def _find_addresses(self, host: str) -> tuple[tuple[str, ...], int]:
+        # IPv4 only: a server's IPv6 address would be unreachable from the many hosts without
+        # an IPv6 route, and an unreachable server holds every domain of its zone at unknown.
+        try:
+            answer = await self._ask_resolvers(dns.name.from_text(host), dns.rdatatype.A, "a")
+        except dns.resolver.NXDOMAIN:
+            raise DelegationError(f"name server {host} does not exist (NXDOMAIN)") from None
+        if answer.rrset is None:
+            return (), _negative_ttl(answer.response) or 0
+        addresses = sorted({rd.address for rd in answer.rrset if isinstance(rd, A)})
+        return tuple(addresses), answer.rrset.ttl
+
+    async def _ask_resolvers(
+        self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, kind: str
+    ) -> dns.resolver.Answer:
+        """The first answer from the resolvers, tried in order; NXDOMAIN is an answer too."""
+        problems = []
+        for source in self._sources:
+            if source.resolver is None:
+                problems.append(f"{source.label}: {source.problem}")
+                continue
+            self._queries[kind] += 1
+            try:
+                async with self._slot():
+                    return await source.resolver.resolve(
+                        name, rdtype, raise_on_no_answer=False, search=False
+                    )
+            except dns.resolver.NXDOMAIN:
+                raise
+            except (dns.exception.DNSException, OSError, EOFError) as exc:
+                problems.append(f"{source.label}: {_failure_text(exc, self._lifetime)}")
+        kind_text = dns.rdatatype.to_text(rdtype)
+        raise DelegationError(f"{kind_text} lookup failed: {'; '.join(problems) or 'no resolver'}")
+
+    # --- MX exchanges that are aliases -----------------------------------------------------
+
+    async def _note_alias_exchanges(
+        self, observations: Sequence[Observation], now: datetime
+    ) -> list[Observation]:
+        hosts = sorted(
+            {r.exchange for o in observations for r in o.mx if _is_host_name(r.exchange)}
+        )
+        targets = await asyncio.gather(*(self._alias_of(host, now) for host in hosts))
+        aliases = {host: target for host, target in zip(hosts, targets, strict=True) if target}
+        return [_with_alias_notes(observation, aliases) for observation in observations]
+
+    async def _alias_of(self, host: str, now: datetime) -> str | None:
+        try:
+            return await self._aliases.get(host, now, lambda: self._find_alias(host))
+        except DelegationError:
+            return None  # only a note in the reason: a failed check changes no verdict
+
+    async def _find_alias(self, host: str) -> tuple[str | None, int]:
+        name = dns.name.from_text(host)
+        try:
+            answer = await self._ask_resolvers(name, dns.rdatatype.CNAME, "cname")
+        except dns.resolver.NXDOMAIN:
+            return None, 0
+        if answer.rrset is None:
+            return None, _negative_ttl(answer.response) or 0
+        targets = [_text(rd.target) for rd in answer.rrset if isinstance(rd, CNAME)]
+        return (targets[0] if targets else None), answer.rrset.ttl
+
+    # --- concurrency -----------------------------------------------------------------------
 
     @asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:

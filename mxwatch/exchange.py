@@ -53,6 +53,7 @@ from .model import (
     ExchangeFailure,
     LookupStatus,
 )
+from .providers import BadName, normalise_name
 
 log = structlog.get_logger("mxwatch.exchange")
 
@@ -454,6 +455,18 @@ class ExchangeClient:
                 cmdlet="Get-InboundConnector",
             )
         return lookup.connector
+
+    async def accepted_domains(self, tenant: TenantConfig) -> tuple[str, ...]:
+        """Get-AcceptedDomain: every domain the tenant accepts mail for, normalised."""
+        objects = await self._invoke(tenant, "Get-AcceptedDomain", {})
+        names: list[str] = []
+        for obj in objects:
+            raw = obj.get("DomainName")
+            try:
+                names.append(normalise_name(str(raw)))
+            except BadName:
+                log.warning("accepted_domain_skipped", tenant=tenant.name, domain=str(raw))
+        return tuple(sorted(set(names)))
 
     # ----------------------------------------------------------------------- tokens
 

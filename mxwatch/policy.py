@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from .config import PolicyConfig
+from .config import PolicyConfig, TenantConfig
 from .model import (
     Connector,
     ConnectorLookup,
@@ -151,6 +151,34 @@ def domain_evidence(observed: DomainObservation) -> dict[str, Any]:
             for o in observed.sources
         ],
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Which domains count for a tenant.
+
+
+@dataclass(frozen=True)
+class DomainSets:
+    managed: tuple[str, ...]  # must all be filtered before the connector is enabled
+    unmanaged: tuple[str, ...]  # other accepted domains: must not still receive mail directly
+
+    @property
+    def observed(self) -> tuple[str, ...]:
+        return self.managed + self.unmanaged
+
+
+def domain_sets(tenant: TenantConfig, accepted: Sequence[str]) -> DomainSets:
+    """Split a tenant's domains, given its accepted domains (as last read, maybe none yet).
+
+    The connector covers every accepted domain, so with `domains` omitted all of them are
+    managed. The tenant's *.onmicrosoft.com domains never have their MX moved to a filter.
+    """
+    ignored = set(tenant.ignore_domains)
+    usable = [d for d in accepted if d not in ignored and not d.endswith(".onmicrosoft.com")]
+    if not tenant.domains:
+        return DomainSets(tuple(usable), ())
+    managed = set(tenant.domains)
+    return DomainSets(tenant.domains, tuple(d for d in usable if d not in managed))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,8 +425,13 @@ def decide(
     provider: Provider,
     cfg: PolicyConfig,
     now: datetime,
+    unmanaged: Sequence[DomainRecord] = (),
 ) -> Decision:
     """The tenant's next state and the Exchange writes to make, from this cycle's facts.
+
+    `domains` are the managed domains; `unmanaged` are the tenant's other accepted domains
+    (not in `domains`, not ignored). The connector covers those too, so one that still
+    receives mail directly fails the audit, and one whose MX is unknown holds the enable.
 
     | state      | event                                       | next       | action  |
     |------------|---------------------------------------------|------------|---------|
@@ -422,12 +455,16 @@ def decide(
     Unknown verdicts neither confirm nor reset anything.
     """
     journal = _Journal(tenant, now, domains)
-    facts = _apply_connector(journal, record, connector, provider)
+    facts = _apply_connector(journal, record, connector, provider, unmanaged)
     record = facts.record
     if facts.halt:
         return Decision(record, tuple(journal.transitions), (), facts.audit, record.reason)
     handler = _DOMAIN_RULES[record.state]
     record, actions, waiting_for = handler(journal, record, domains, facts.guid, cfg)
+    unsure = [d.domain for d in unmanaged if d.verdict in (None, Verdict.UNKNOWN)]
+    if unsure and any(isinstance(a, Enable) for a in actions):
+        actions = tuple(a for a in actions if not isinstance(a, Enable))
+        waiting_for = f"accepted domain(s) {', '.join(unsure)} have unknown MX this cycle"
     return Decision(record, tuple(journal.transitions), actions, facts.audit, waiting_for)
 
 
@@ -440,7 +477,11 @@ class _ConnectorFacts:
 
 
 def _apply_connector(
-    journal: _Journal, record: TenantRecord, read: ConnectorRead, provider: Provider
+    journal: _Journal,
+    record: TenantRecord,
+    read: ConnectorRead,
+    provider: Provider,
+    unmanaged: Sequence[DomainRecord],
 ) -> _ConnectorFacts:
     """Fold a connector read into the record."""
     if read is None:
@@ -477,7 +518,7 @@ def _apply_connector(
             regressions=0,
         )
         return _ConnectorFacts(record, halt=True)
-    audit = audit_connector(found, provider)
+    audit = _with_unmanaged(audit_connector(found, provider), unmanaged)
     if not audit.passed:
         reason = "audit failed: " + "; ".join(audit.failures)
         return _ConnectorFacts(_block(journal, record, reason), audit, halt=True)
@@ -490,6 +531,17 @@ def _apply_connector(
             eligible_at=None,
         )
     return _ConnectorFacts(record, audit, found.guid)
+
+
+def _with_unmanaged(audit: Audit, unmanaged: Sequence[DomainRecord]) -> Audit:
+    outside = [
+        f"accepted domain {d.domain} is not in this tenant's domains and its MX is "
+        f"{d.verdict}: enabling the connector would bounce its mail (add it to domains, "
+        "or to ignore_domains)"
+        for d in unmanaged
+        if d.verdict in (Verdict.DIRECT, Verdict.MIXED)
+    ]
+    return replace(audit, failures=audit.failures + tuple(outside))
 
 
 def _block(journal: _Journal, record: TenantRecord, reason: str) -> TenantRecord:

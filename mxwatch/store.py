@@ -24,7 +24,7 @@ from typing import Any
 
 from .model import DomainRecord, MxRecord, TenantRecord, TenantState, Transition, Verdict
 
-__all__ = ["SCHEMA_VERSION", "Store", "StoreError", "StoredTenant"]
+__all__ = ["SCHEMA_VERSION", "CycleRun", "Store", "StoreError", "StoredTenant"]
 
 # Written into the SQLite header so a foreign database is recognised instead of being
 # migrated into ("MXwt").
@@ -82,6 +82,17 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TRIGGER journal_no_delete BEFORE DELETE ON journal
             BEGIN SELECT RAISE(ABORT, 'journal is append-only'); END""",
     ),
+    (
+        # One row: when the last cycle finished, for `mxwatch health` and the metrics. It is
+        # kept in the state file so a health check in another process (HEALTHCHECK, a timer
+        # running --once) sees it.
+        """CREATE TABLE cycle_run (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            finished_at TEXT NOT NULL,
+            ok INTEGER NOT NULL CHECK (ok IN (0, 1)),
+            last_ok_at TEXT
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -124,6 +135,24 @@ class StoredTenant:
     connector: str  # the configured connector identity (name or GUID)
     record: TenantRecord
     domains: tuple[DomainRecord, ...]
+
+
+@dataclass(frozen=True)
+class CycleRun:
+    """The last finished cycle: when, whether it had no errors, and the last one that had none."""
+
+    finished_at: datetime
+    ok: bool
+    last_ok_at: datetime | None
+
+
+_RECORD_CYCLE = """
+    INSERT INTO cycle_run (id, finished_at, ok, last_ok_at) VALUES (1, ?, ?, ?)
+    ON CONFLICT (id) DO UPDATE SET
+        finished_at = excluded.finished_at,
+        ok = excluded.ok,
+        last_ok_at = coalesce(excluded.last_ok_at, cycle_run.last_ok_at)
+"""
 
 
 class Store:
@@ -229,7 +258,28 @@ class Store:
             rows = self._conn.execute(query, params).fetchall()
             return [self._transition(row) for row in reversed(rows)]
 
+    def last_cycle(self) -> CycleRun | None:
+        """The last finished cycle, or None when no cycle has finished yet."""
+        with self._using("reading the last cycle"):
+            row = self._conn.execute("SELECT * FROM cycle_run WHERE id = 1").fetchone()
+        if row is None:
+            return None
+        with self._decoding("the last cycle"):
+            return CycleRun(
+                finished_at=_required_time(row["finished_at"]),
+                ok=bool(row["ok"]),
+                last_ok_at=_time_from_db(row["last_ok_at"]),
+            )
+
     # -- writing -----------------------------------------------------------------------------
+
+    def record_cycle(self, finished_at: datetime, *, ok: bool) -> None:
+        """Remember that a cycle finished (ok: without errors); last_ok_at keeps the last ok."""
+        if self._readonly:
+            raise StoreError(f"cannot write {self._path}: this store was opened read-only")
+        at = _time_to_db(finished_at, "the cycle's finished_at")
+        with self._using("recording a cycle"), self._transaction():
+            self._conn.execute(_RECORD_CYCLE, (at, int(ok), at if ok else None))
 
     def save_cycle(
         self, tenants: Sequence[StoredTenant], transitions: Sequence[Transition]

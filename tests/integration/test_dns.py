@@ -140,7 +140,11 @@ async def test_refused_is_unknown(knot: KnotServer) -> None:
 
 
 async def test_unreachable_server_is_unknown_after_the_timeout() -> None:
-    config = DnsConfig(resolvers=(unreachable_resolver("dead"),), timeout=timedelta(seconds=0.5))
+    config = DnsConfig(
+        resolvers=(unreachable_resolver("dead"),),
+        authoritative=False,
+        timeout=timedelta(seconds=0.5),
+    )
 
     result = await DnsObserver(config).observe("contoso.com", MAILPROTECTOR, NOW)
 
@@ -153,6 +157,7 @@ async def test_filtered_and_unknown_sources_combine_to_unknown(knot: KnotServer)
     knot.add_zone("contoso.com", mx=[(10, FILTER_IO)])
     config = DnsConfig(
         resolvers=(knot.resolver_spec("knot"), unreachable_resolver("dead")),
+        authoritative=False,
         timeout=timedelta(seconds=0.5),
     )
 
@@ -172,6 +177,7 @@ async def test_filtered_and_direct_sources_combine_to_direct(
     old.add_zone("contoso.com", mx=[(0, MICROSOFT)], ttl=3600)
     config = DnsConfig(
         resolvers=(new.resolver_spec("new"), old.resolver_spec("old")),
+        authoritative=False,
         timeout=timedelta(seconds=1),
     )
 
@@ -222,6 +228,7 @@ async def test_observe_many_returns_every_domain_within_the_bound(knot: KnotServ
     knot.add_zone("many.test", records=records)
     config = DnsConfig(
         resolvers=(knot.resolver_spec("a"), knot.resolver_spec("b")),
+        authoritative=False,
         timeout=timedelta(seconds=5),
     )
     observer = DnsObserver(config, concurrency=8)

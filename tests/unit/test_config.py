@@ -123,7 +123,7 @@ def test_example_file_shows_every_key() -> None:
         interval jitter state dry_run resolvers authoritative timeout confirmations settle
         min_settle default_old_ttl on_regression recheck cloud login_url admin_url ca_bundle
         client_id certificate client_secret_file client_secret_env mx sender_ips name
-        tenant_id connector provider domains
+        tenant_id connector provider domains listen webhook format retries
     """
     for key in keys.split():
         assert f"{key} = " in text, key
@@ -307,8 +307,34 @@ def test_missing_required_keys(problems: Callable[..., list[str]]) -> None:
     found = problems(EXCHANGE + "[[tenant]]\n")
     assert "tenant[0].name: required key is missing" in found
     assert "tenant[0].connector: required key is missing" in found
-    assert "tenant[0].domains: required key is missing" in found
+    assert not any(p.startswith("tenant[0].domains") for p in found), "optional"
     assert any(p.startswith("tenant[0].tenant_id: required key is missing") for p in found)
+
+
+def test_domains_omitted_means_accepted_domains_and_ignore_is_normalised(load: Load) -> None:
+    config = load(
+        EXCHANGE + f'[[tenant]]\nname = "a"\ntenant_id = "{GUID_A}"\nconnector = "c"\n'
+        'ignore_domains = ["Legacy.Example."]\n'
+    )
+    (tenant,) = config.tenants
+    assert tenant.domains == ()
+    assert tenant.ignore_domains == ("legacy.example",)
+
+
+def test_a_domain_both_managed_and_ignored_is_an_error(problems: Callable[..., list[str]]) -> None:
+    found = problems(
+        EXCHANGE + f'[[tenant]]\nname = "a"\ntenant_id = "{GUID_A}"\nconnector = "c"\n'
+        'domains = ["a.example"]\nignore_domains = ["A.example"]\n'
+    )
+    assert found == ["tenant[0].domains[0]: a.example is also in tenant[0].ignore_domains"]
+
+
+def test_empty_domains_list_is_an_error(problems: Callable[..., list[str]]) -> None:
+    found = problems(
+        EXCHANGE
+        + f'[[tenant]]\nname = "a"\ntenant_id = "{GUID_A}"\nconnector = "c"\ndomains = []\n'
+    )
+    assert len(found) == 1 and found[0].startswith("tenant[0].domains:")
 
 
 def test_at_least_one_tenant(problems: Callable[..., list[str]]) -> None:
@@ -655,3 +681,50 @@ def test_policy_values(load: Load) -> None:
         '[policy]\nconfirmations = 1\non_regression = "disable"\n' + EXCHANGE + TENANT
     ).policy
     assert (policy.confirmations, policy.on_regression) == (1, "disable")
+
+
+# --- [metrics] and [notify] ----------------------------------------------------------------
+
+
+def test_metrics_and_notify_defaults_and_values(load: Load) -> None:
+    config = load(EXCHANGE + TENANT)
+    assert config.metrics.listen is None
+    assert (config.notify.webhook, config.notify.format) == (None, "json")
+    assert (config.notify.timeout, config.notify.retries) == (timedelta(seconds=5), 2)
+    config = load(
+        EXCHANGE
+        + TENANT
+        + '[metrics]\nlisten = "[::1]:9464"\n'
+        + '[notify]\nwebhook = "https://hooks.example/x/y"\nformat = "teams"\n'
+        + 'timeout = "2s"\nretries = 0\n'
+    )
+    assert config.metrics.listen == ("::1", 9464)
+    assert config.notify.webhook == "https://hooks.example/x/y"
+    assert (config.notify.format, config.notify.timeout, config.notify.retries) == (
+        "teams",
+        timedelta(seconds=2),
+        0,
+    )
+    local = load(EXCHANGE + TENANT + '[notify]\nwebhook = "http://127.0.0.1:8080/hook"\n')
+    assert local.notify.webhook == "http://127.0.0.1:8080/hook"
+
+
+def test_metrics_and_notify_errors_name_their_keys_without_the_url(
+    problems: Callable[..., list[str]],
+) -> None:
+    found = problems(
+        EXCHANGE
+        + TENANT
+        + '[metrics]\nlisten = "localhost:99999"\nport = 1\n'
+        + '[notify]\nwebhook = "http://hooks.example/SECRETPATH"\nformat = "xml"\n'
+        + 'timeout = "0s"\nretries = 11\n'
+    )
+    assert paths(found) == {
+        "metrics.listen",
+        "metrics.port",
+        "notify.webhook",
+        "notify.format",
+        "notify.timeout",
+        "notify.retries",
+    }
+    assert not any("SECRETPATH" in problem for problem in found)

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+from datetime import UTC, datetime, timedelta
 
 import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rrset
 import pytest
+from dns.message import Message
 from dns.resolver import ErrorTuple
 
-from mxwatch.dns import _failure_reason, classify, is_ip_literal, normalise_exchange
-from mxwatch.model import MxRecord, Verdict
+from mxwatch.dns import (
+    AuthServer,
+    DelegationError,
+    _Alias,
+    _authoritative_answer,
+    _failure_reason,
+    _TtlCache,
+    classify,
+    is_ip_literal,
+    normalise_exchange,
+)
+from mxwatch.model import MxRecord, Observation, Verdict
 from mxwatch.providers import MAILPROTECTOR, Provider
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -138,3 +155,90 @@ def test_failure_reasons_name_the_server_and_the_fault() -> None:
         "malformed answer from 192.0.2.54:53: FormError: bad label"
     )
     assert _failure_reason([]) == "no nameservers to ask"
+
+
+# --- authoritative answers and the delegation cache -----------------------------------------
+
+ZONE = dns.name.from_text("contoso.com")
+SERVER = AuthServer(ZONE, "ns1.contoso.com", "192.0.2.53")
+
+
+def auth_response(
+    *answer: str, rcode: dns.rcode.Rcode = dns.rcode.NOERROR, aa: bool = True
+) -> Message:
+    query = dns.message.make_query("contoso.com", "MX")
+    response = dns.message.make_response(query)
+    response.set_rcode(rcode)
+    if aa:
+        response.flags |= dns.flags.AA
+    for line in answer:  # "owner ttl TYPE rdata"
+        owner, ttl, rdtype, rdata = line.split(maxsplit=3)
+        response.answer.append(dns.rrset.from_text(owner, int(ttl), "IN", rdtype, rdata))
+    return response
+
+
+def judge(response: Message) -> Observation | object:
+    name = dns.name.from_text("contoso.com")
+    return _authoritative_answer("contoso.com", SERVER, name, response, MAILPROTECTOR, NOW)
+
+
+def test_authoritative_mx_answer_is_classified_with_its_ttl() -> None:
+    result = judge(auth_response(f"contoso.com. 7200 MX 10 {FILTER_1}"))
+    assert isinstance(result, Observation)
+    assert (result.source, result.verdict, result.ttl) == (
+        "auth:ns1.contoso.com@192.0.2.53",
+        Verdict.FILTERED,
+        7200,
+    )
+
+
+def test_authoritative_answer_needs_aa_and_noerror() -> None:
+    lame = judge(auth_response(f"contoso.com. 300 MX 10 {FILTER_1}", aa=False))
+    refused = judge(auth_response(rcode=dns.rcode.REFUSED, aa=False))
+    assert isinstance(lame, Observation) and isinstance(refused, Observation)
+    assert lame.verdict is refused.verdict is Verdict.UNKNOWN
+    assert "without the AA flag" in lame.reason
+    assert refused.reason == "REFUSED from ns1.contoso.com"
+
+
+def test_cname_out_of_the_zone_is_followed_elsewhere() -> None:
+    result = judge(auth_response("contoso.com. 300 CNAME mail.example.net."))
+    assert result == _Alias(dns.name.from_text("mail.example.net"))
+
+
+def test_nxdomain_is_no_mx() -> None:
+    result = judge(auth_response(rcode=dns.rcode.NXDOMAIN))
+    assert isinstance(result, Observation)
+    assert (result.verdict, result.reason) == (Verdict.NO_MX, "NXDOMAIN")
+
+
+async def test_cache_shares_one_load_and_honours_the_ttl() -> None:
+    cache: _TtlCache[str, int] = _TtlCache()
+    loads = 0
+
+    async def load() -> tuple[int, int]:
+        nonlocal loads
+        loads += 1
+        await asyncio.sleep(0)
+        return loads, 60
+
+    together = await asyncio.gather(*(cache.get("k", NOW, load) for _ in range(5)))
+    within = await cache.get("k", NOW + timedelta(seconds=59), load)
+    after = await cache.get("k", NOW + timedelta(seconds=60), load)
+
+    assert together == [1] * 5
+    assert (within, after, loads) == (1, 2, 2)
+
+
+async def test_cache_does_not_keep_failures() -> None:
+    cache: _TtlCache[str, int] = _TtlCache()
+
+    async def fail() -> tuple[int, int]:
+        raise DelegationError("SOA lookup failed")
+
+    async def succeed() -> tuple[int, int]:
+        return 7, 60
+
+    with pytest.raises(DelegationError):
+        await cache.get("k", NOW, fail)
+    assert await cache.get("k", NOW, succeed) == 7

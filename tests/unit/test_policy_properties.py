@@ -37,33 +37,18 @@ from mxwatch.policy import (
     outlook,
     update_domains,
 )
-
-try:  # tests/unit is a plain directory today; keep working if it becomes a package
-    from .policy_builders import (
-        NOT_CUT_OVER,
-        PROVIDER,
-        T0,
-        TENANT,
-        ambiguous,
-        connector,
-        dobs,
-        failure,
-        found,
-        missing,
-    )
-except ImportError:
-    from policy_builders import (  # type: ignore[no-redef,import-not-found]
-        NOT_CUT_OVER,
-        PROVIDER,
-        T0,
-        TENANT,
-        ambiguous,
-        connector,
-        dobs,
-        failure,
-        found,
-        missing,
-    )
+from tests.unit.policy_builders import (
+    NOT_CUT_OVER,
+    PROVIDER,
+    T0,
+    TENANT,
+    ambiguous,
+    connector,
+    dobs,
+    failure,
+    found,
+    missing,
+)
 
 PROPERTY_SETTINGS = settings(
     max_examples=200,

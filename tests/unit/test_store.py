@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mxwatch.model import DomainRecord, MxRecord, TenantRecord, TenantState, Transition, Verdict
-from mxwatch.store import SCHEMA_VERSION, Store, StoredTenant, StoreError
+from mxwatch.store import SCHEMA_VERSION, CycleRun, Store, StoredTenant, StoreError
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 AS_ROOT = os.geteuid() == 0
@@ -456,3 +456,31 @@ def test_closed_store_refuses_use(db: Path) -> None:
     s.close()  # idempotent
     with pytest.raises(StoreError, match="closed"):
         s.load_all()
+
+
+# -- the last cycle (mxwatch health, metrics) ----------------------------------------------------
+
+
+def test_last_cycle_keeps_the_last_ok_time(db: Path) -> None:
+    at = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    with Store.open(db) as store:
+        assert store.last_cycle() is None
+        store.record_cycle(at, ok=True)
+        store.record_cycle(at + timedelta(minutes=5), ok=False)
+    with Store.open_readonly(db) as reader:
+        last = reader.last_cycle()
+        with pytest.raises(StoreError, match="read-only"):
+            reader.record_cycle(at, ok=True)
+    assert last == CycleRun(at + timedelta(minutes=5), ok=False, last_ok_at=at)
+
+
+def test_version_1_file_is_migrated_keeping_its_state(db: Path) -> None:
+    with Store.open(db) as store:
+        store.save_cycle([minimal_tenant("contoso")], [])
+    with raw(db) as conn:  # what a version-1 mxwatch left behind
+        conn.execute("DROP TABLE cycle_run")
+        conn.execute("PRAGMA user_version = 1")
+    with Store.open(db) as store:
+        assert store.load("contoso") is not None
+        store.record_cycle(datetime(2024, 5, 1, tzinfo=UTC), ok=True)
+        assert store.last_cycle() is not None

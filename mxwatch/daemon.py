@@ -1,0 +1,336 @@
+"""The long-running service: an APScheduler loop around the same cycle `--once` runs.
+
+One Store, one DnsObserver and one ExchangeClient live as long as the process, so MSAL's token
+cache and the HTTP connection pool are reused from cycle to cycle. Signals:
+
+- SIGTERM/SIGINT: stop scheduling, let a running cycle finish (its Exchange write and its
+  store record) for up to SHUTDOWN_GRACE seconds, then exit 0;
+- SIGHUP: reload and validate the config; on error keep the old one and log why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from . import __version__, health
+from .config import Config, ConfigError, load_config
+from .cycle import CycleReport, run_cycle
+from .dns import DnsObserver
+from .exchange import ExchangeClient
+from .logs import get_logger
+from .metrics import Metrics, MetricsServer
+from .notify import WebhookNotifier, safe_target
+from .sdnotify import Notifier as SystemdNotifier
+from .store import Store
+
+log = get_logger("mxwatch.daemon")
+
+SHUTDOWN_GRACE = 30.0  # seconds a running cycle gets to finish after SIGTERM
+NOTIFY_FLUSH = 5.0  # seconds queued webhook posts get at exit
+_JOB = "cycle"
+
+
+def summary(config: Config, *, dry_run: bool) -> dict[str, Any]:
+    """What the daemon runs with, for the logs: counts and settings, never a secret."""
+    notify = config.notify
+    return {
+        "config": str(config.path),
+        "state": str(config.daemon.state),
+        "tenants": len(config.tenants),
+        "domains": sum(len(t.domains) for t in config.tenants),
+        "interval_s": config.daemon.interval.total_seconds(),
+        "jitter_s": config.daemon.jitter.total_seconds(),
+        "dry_run": dry_run,
+        "clouds": sorted({config.exchange.cloud.value}),
+        "resolvers": [r.label for r in config.dns.resolvers],
+        "metrics": "{}:{}".format(*config.metrics.listen) if config.metrics.listen else None,
+        "notify": (
+            {"webhook": safe_target(notify.webhook), "format": notify.format}
+            if notify.webhook
+            else None
+        ),
+    }
+
+
+@dataclass
+class Services:
+    """What one cycle needs beyond the config; owned by the caller."""
+
+    store: Store
+    dns: DnsObserver
+    exchange: ExchangeClient
+    metrics: Metrics
+    notifier: WebhookNotifier | None = None
+
+
+async def cycle_and_record(config: Config, services: Services, *, dry_run: bool) -> CycleReport:
+    """One cycle, then what the service adds: the health record, metrics, notifications."""
+    report = await run_cycle(
+        config, services.store, services.dns, services.exchange, dry_run=dry_run
+    )
+    finished = datetime.now(UTC)
+    services.store.record_cycle(finished, ok=report.errors == 0)
+    services.metrics.observe(report, finished, services.exchange.stats)
+    if services.notifier is not None:
+        services.notifier.submit(report.journal)  # never waits; see notify.py
+    return report
+
+
+async def run_once(config: Config, *, dry_run: bool, metrics_file: Path | None) -> int:
+    """`mxwatch --once`: one cycle, flush notifications briefly, write the metrics file."""
+    metrics = Metrics()
+    with Store.open(config.daemon.state) as store:
+        metrics.restore(store.last_cycle())
+        notifier = WebhookNotifier(config.notify) if config.notify.webhook else None
+        async with ExchangeClient(config.exchange) as exchange:
+            services = Services(store, DnsObserver(config.dns), exchange, metrics, notifier)
+            try:
+                report = await cycle_and_record(config, services, dry_run=dry_run)
+            finally:
+                if notifier is not None:
+                    await notifier.aclose(NOTIFY_FLUSH)
+    if metrics_file is not None:
+        metrics.write_textfile(metrics_file)
+    return report.exit_code
+
+
+class _SchedulerLogBridge(logging.Handler):
+    """APScheduler logs through `logging`; send its warnings to our JSON lines instead."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.warning("scheduler_warning", message=record.getMessage())
+
+
+class Daemon:
+    def __init__(
+        self, config: Config, *, dry_run_flag: bool, environ: Mapping[str, str] | None = None
+    ) -> None:
+        self.config = config
+        self._dry_run_flag = dry_run_flag  # --dry-run sticks across reloads
+        self._environ = os.environ if environ is None else environ
+        self._systemd = SystemdNotifier(self._environ)
+        self._metrics = Metrics()
+        self._stop = asyncio.Event()
+        self._running: asyncio.Task[None] | None = None
+        self._scheduler: AsyncIOScheduler | None = None
+        self._services: Services | None = None
+        self._built_for: tuple[Any, Any, Any] = (None, None, None)
+
+    @property
+    def dry_run(self) -> bool:
+        return self._dry_run_flag or self.config.daemon.dry_run
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._request_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        _bridge_scheduler_logs()
+        with Store.open(self.config.daemon.state) as store:
+            self._metrics.restore(store.last_cycle())
+            self._services = self._build_services(store)
+            server = self._serve_metrics()
+            try:
+                await self._serve(loop)
+            finally:
+                await self._close(server)
+        log.info("daemon_stopped")
+        return 0
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
+        scheduler = AsyncIOScheduler(event_loop=loop, timezone="UTC")
+        self._scheduler = scheduler
+        scheduler.add_job(
+            self._tick,
+            trigger=self._trigger(),
+            id=_JOB,
+            name="mxwatch cycle",
+            coalesce=True,  # after a suspend or a long cycle, run once, not once per miss
+            max_instances=1,  # never two cycles on the same state at once
+            misfire_grace_time=None,  # a late cycle still runs (coalesced) however late
+            next_run_time=datetime.now(UTC),  # the first cycle at start
+        )
+        scheduler.start()
+        log.info(
+            "daemon_started", version=__version__, **summary(self.config, dry_run=self.dry_run)
+        )
+        self._systemd.ready(f"watching {len(self.config.tenants)} tenants")
+        watchdog = asyncio.create_task(self._watchdog(), name="mxwatch-watchdog")
+        try:
+            await self._stop.wait()
+        finally:
+            self._systemd.stopping()
+            scheduler.shutdown(wait=False)
+            await self._drain()
+            watchdog.cancel()
+
+    def _trigger(self) -> IntervalTrigger:
+        daemon = self.config.daemon
+        jitter = round(daemon.jitter.total_seconds())  # APScheduler takes whole seconds
+        return IntervalTrigger(
+            seconds=daemon.interval.total_seconds(), jitter=jitter or None, timezone="UTC"
+        )
+
+    async def _tick(self) -> None:
+        """The scheduled job. The cycle runs in its own task, shielded: the scheduler's
+        shutdown cancels this coroutine, but an Exchange write must be allowed to finish
+        and be recorded, which _drain waits for."""
+        if self._stop.is_set():
+            return
+        self._running = asyncio.create_task(self._cycle(), name="mxwatch-cycle")
+        # Cancelled only by the scheduler's shutdown; the cycle task itself goes on.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self._running)
+
+    async def _cycle(self) -> None:
+        config = self.config  # a reload during the cycle applies from the next one
+        services = await self._current_services(config)
+        try:
+            await cycle_and_record(config, services, dry_run=self.dry_run)
+        except Exception as exc:  # a broken cycle is logged; the daemon keeps trying
+            self._metrics.failed()
+            log.error("cycle_failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._log_next_cycle()
+
+    async def _drain(self) -> None:
+        running = self._running
+        if running is None or running.done():
+            return
+        log.info("shutdown_waiting", detail="letting the running cycle finish")
+        try:
+            await asyncio.wait_for(asyncio.shield(running), SHUTDOWN_GRACE)
+        except TimeoutError:
+            log.error("shutdown_grace_exceeded", grace_s=SHUTDOWN_GRACE)
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+
+    def _log_next_cycle(self) -> None:
+        job = self._scheduler.get_job(_JOB) if self._scheduler is not None else None
+        when = getattr(job, "next_run_time", None)
+        if when is not None and not self._stop.is_set():
+            log.info("next_cycle", at=when.astimezone(UTC).isoformat().replace("+00:00", "Z"))
+
+    async def _watchdog(self) -> None:
+        interval = self._systemd.watchdog_interval
+        if interval is None:
+            return
+        while True:  # stops when the event loop stops, which is what the watchdog is for
+            self._systemd.watchdog()
+            await asyncio.sleep(interval)
+
+    def _request_stop(self, sig: signal.Signals) -> None:
+        if not self._stop.is_set():
+            log.info("daemon_stopping", signal=sig.name)
+            self._stop.set()
+
+    # -- services ------------------------------------------------------------------------------
+
+    def _build_services(self, store: Store) -> Services:
+        config = self.config
+        self._built_for = (config.dns, config.exchange, config.notify)
+        notifier = WebhookNotifier(config.notify) if config.notify.webhook else None
+        return Services(
+            store, DnsObserver(config.dns), ExchangeClient(config.exchange), self._metrics, notifier
+        )
+
+    async def _current_services(self, config: Config) -> Services:
+        """The long-lived clients, rebuilt only for the parts a reload changed."""
+        services = self._services
+        assert services is not None  # set before the scheduler starts
+        dns, exchange, notify = self._built_for
+        if config.dns != dns:
+            services.dns = DnsObserver(config.dns)
+        if config.exchange != exchange:
+            self._metrics.retire_exchange(services.exchange.stats)
+            await services.exchange.aclose()
+            services.exchange = ExchangeClient(config.exchange)
+        if config.notify != notify:
+            if services.notifier is not None:
+                await services.notifier.aclose(NOTIFY_FLUSH)
+            services.notifier = WebhookNotifier(config.notify) if config.notify.webhook else None
+        self._built_for = (config.dns, config.exchange, config.notify)
+        return services
+
+    def _serve_metrics(self) -> MetricsServer | None:
+        listen = self.config.metrics.listen
+        if listen is None:
+            return None
+        server = self._metrics.serve(*listen, health=self._health)
+        log.info("metrics_listening", address=f"{listen[0]}:{server.port}")
+        return server
+
+    def _health(self) -> tuple[bool, str]:
+        services = self._services
+        last = services.store.last_cycle() if services is not None else None
+        return health.check(last, self.config.daemon.interval, datetime.now(UTC))
+
+    async def _close(self, server: MetricsServer | None) -> None:
+        services = self._services
+        if services is not None:
+            if services.notifier is not None:
+                await services.notifier.aclose(NOTIFY_FLUSH)
+            await services.exchange.aclose()
+        if server is not None:
+            server.close()
+
+    # -- reload --------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: validate the file again; apply it only when it is valid."""
+        try:
+            new = load_config(self.config.path, environ=self._environ)
+        except ConfigError as exc:
+            log.error(
+                "config_reload_failed",
+                config=str(self.config.path),
+                problems=exc.problems,
+                detail="still running on the previous configuration",
+            )
+            return
+        new, kept = self._keep_restart_only(new)
+        old_trigger = (self.config.daemon.interval, self.config.daemon.jitter)
+        self.config = new
+        if kept:
+            log.warning("config_reload_needs_restart", keys=kept, detail="kept the running values")
+        if (new.daemon.interval, new.daemon.jitter) != old_trigger and self._scheduler is not None:
+            self._scheduler.reschedule_job(_JOB, trigger=self._trigger())
+        log.info("config_reloaded", **summary(new, dry_run=self.dry_run))
+        self._log_next_cycle()
+
+    def _keep_restart_only(self, new: Config) -> tuple[Config, list[str]]:
+        """The state file and the metrics socket are opened once; changing them needs a restart."""
+        kept = []
+        if new.daemon.state != self.config.daemon.state:
+            kept.append("daemon.state")
+            new = replace(new, daemon=replace(new.daemon, state=self.config.daemon.state))
+        if new.metrics != self.config.metrics:
+            kept.append("metrics.listen")
+            new = replace(new, metrics=self.config.metrics)
+        return new, kept
+
+
+def _bridge_scheduler_logs() -> None:
+    logger = logging.getLogger("apscheduler")
+    logger.handlers = [_SchedulerLogBridge()]
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+
+
+async def run_daemon(config: Config, *, dry_run_flag: bool) -> int:
+    return await Daemon(config, dry_run_flag=dry_run_flag).run()

@@ -1,0 +1,164 @@
+"""Safety in depth through the real CLI: accepted domains, TTL-aware settling, regressions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime
+
+from mxwatch.config import SecretEnvRef
+from mxwatch.exchange import ExchangeClient
+from tests.fixtures.rig import FILTER_MX, M365_MX, Rig, Tenant, contoso, enabled
+from tests.fixtures.sandbox import CONNECTOR, TENANT_ID, exchange_config, tenant_config
+
+
+def history(rig: Rig) -> list[tuple[str | None, str]]:
+    run = rig.mxwatch("history", "contoso", "--json")
+    entries = [json.loads(line) for line in run.stdout.splitlines()]
+    return [(e["from"], e["to"]) for e in entries if e["domain"] is None]
+
+
+# --- accepted domains -----------------------------------------------------------------------
+
+
+def test_omitted_domains_means_every_accepted_domain_must_be_filtered(rig: Rig) -> None:
+    rig.policy["confirmations"] = 1
+    rig.knot.add_zone("contoso.com", mx=FILTER_MX)
+    rig.knot.add_zone("contoso.net", mx=M365_MX)
+    rig.sandbox.set_accepted_domains(
+        TENANT_ID, ["contoso.com", "contoso.net", "contoso.onmicrosoft.com"]
+    )
+    guid = rig.sandbox.add_connector(TENANT_ID, CONNECTOR)
+    rig.tenants.append(Tenant("contoso", TENANT_ID, []))
+
+    run = rig.once()
+    assert not enabled(rig, guid)
+    assert run.named("accepted_domains_added")
+    domains = {d["domain"]: d["verdict"] for d in rig.status()["contoso"]["domains"]}
+    assert domains == {"contoso.com": "filtered", "contoso.net": "direct"}
+
+    rig.knot.set_mx("contoso.net", FILTER_MX)
+    rig.once()
+    assert enabled(rig, guid)
+
+
+def test_accepted_domain_outside_config_still_direct_blocks_and_names_it(rig: Rig) -> None:
+    rig.policy["confirmations"] = 1
+    guid = contoso(rig)
+    rig.knot.add_zone("legacy-contoso.com", mx=M365_MX)
+    rig.sandbox.set_accepted_domains(TENANT_ID, ["contoso.com", "legacy-contoso.com"])
+
+    run = rig.once()
+    assert run.code == 1
+    assert not enabled(rig, guid)
+    status = rig.status()["contoso"]
+    assert status["state"] == "blocked"
+    assert "legacy-contoso.com" in status["reason"]
+    assert "bounce" in status["reason"]
+    failed = run.named("audit_failed")
+    assert failed and any("legacy-contoso.com" in f for f in failed[0]["failures"])
+
+    rig.tenants[0].ignore_domains = ["legacy-contoso.com"]
+    run = rig.once()
+    assert run.code == 0, run.stdout
+    assert enabled(rig, guid)
+
+
+# --- TTL-aware settling ---------------------------------------------------------------------
+
+
+def test_auto_settle_waits_out_the_old_mx_ttl(rig: Rig) -> None:
+    old_ttl = 5
+    rig.policy = {"confirmations": 1, "settle": "auto", "min_settle": "0s"}
+    rig.knot.add_zone("contoso.com")
+    rig.knot.set_mx("contoso.com", M365_MX, ttl=old_ttl)
+    rig.tenants.append(Tenant("contoso", TENANT_ID, ["contoso.com"]))
+    rig.sandbox.set_accepted_domains(TENANT_ID, ["contoso.com"])
+    guid = rig.sandbox.add_connector(TENANT_ID, CONNECTOR)
+    rig.once()
+
+    rig.knot.set_mx("contoso.com", FILTER_MX, ttl=3600)
+    rig.once()
+    status = rig.status()["contoso"]
+    assert status["state"] == "settling"
+    eligible = datetime.fromisoformat(status["eligible_at"])
+    since = datetime.fromisoformat(status["domains"][0]["checked_at"])
+    assert (eligible - since).total_seconds() == old_ttl
+    assert f"old MX TTL {old_ttl}s" in status["eligible_reason"]
+
+    early = rig.once()
+    started = datetime.fromisoformat(early.named("cycle_started")[0]["timestamp"])
+    if started < eligible:  # the usual case: a run takes well under the 5 s
+        assert not enabled(rig, guid)
+        assert rig.status()["contoso"]["state"] == "settling"
+
+    time.sleep(max(0.0, (eligible - datetime.now(UTC)).total_seconds()) + 0.1)
+    rig.once()
+    assert enabled(rig, guid)
+    assert history(rig) == [("waiting", "settling"), ("settling", "enabled")]
+
+
+# --- regressions ----------------------------------------------------------------------------
+
+
+def enabled_contoso(rig: Rig, **policy: object) -> str:
+    rig.policy = {"confirmations": 2, "settle": "0s", "min_settle": "0s", **policy}
+    guid = contoso(rig, Enabled=True)
+    assert rig.once().code == 0
+    assert rig.status()["contoso"]["state"] == "enabled"
+    return guid
+
+
+def test_regression_is_confirmed_then_alerts_and_recovers(rig: Rig) -> None:
+    guid = enabled_contoso(rig)
+    rig.knot.set_mx("contoso.com", M365_MX)
+    assert rig.once().code == 0, "one not-filtered cycle is not yet a regression"
+    run = rig.once()
+    assert run.code == 1
+    (moved,) = [e for e in run.named("tenant_transition") if e["to"] == "regressed"]
+    assert moved["level"] == "error"
+    assert moved["evidence"]["mx"]["contoso.com"] == [f"0 {M365_MX[0][1].rstrip('.')}"]
+    assert enabled(rig, guid), "alert leaves the connector alone"
+    assert rig.set_calls() == []
+
+    rig.knot.set_mx("contoso.com", FILTER_MX)
+    assert rig.once().code == 0
+    assert rig.status()["contoso"]["state"] == "enabled"
+    assert history(rig) == [
+        ("waiting", "enabled"),
+        ("enabled", "regressed"),
+        ("regressed", "enabled"),
+    ]
+
+
+def test_regression_with_disable_turns_the_connector_off(rig: Rig) -> None:
+    guid = enabled_contoso(rig, on_regression="disable")
+    rig.knot.set_mx("contoso.com", M365_MX)
+    rig.once()
+    run = rig.once()
+    assert not enabled(rig, guid)
+    assert [e["guid"] for e in run.named("connector_disabled")] == [guid]
+    assert rig.status()["contoso"]["state"] == "waiting"
+    assert history(rig)[-2:] == [("enabled", "regressed"), ("regressed", "waiting")]
+
+
+def test_connector_turned_off_by_someone_is_not_re_enabled_in_the_same_cycle(
+    rig: Rig, secret_env: SecretEnvRef
+) -> None:
+    guid = enabled_contoso(rig, recheck="1s", confirmations=1)
+
+    async def turn_off() -> None:  # as an admin would, through the same admin API
+        async with ExchangeClient(exchange_config(rig.sandbox)) as client:
+            await client.set_connector_enabled(tenant_config(secret_env), guid, False)
+
+    asyncio.run(turn_off())
+    writes_before = len(rig.set_calls())
+    time.sleep(1.1)  # past policy.recheck, so the connector is read again
+
+    run = rig.once()
+    assert not enabled(rig, guid)
+    assert len(rig.set_calls()) == writes_before
+    moved = [e for e in run.named("tenant_transition") if e["to"] == "waiting"]
+    assert moved and "turned off outside mxwatch" in moved[0]["reason"]
+    assert rig.status()["contoso"]["state"] == "waiting"
