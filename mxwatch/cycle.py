@@ -294,7 +294,7 @@ class _TenantRun:
                 )
             for warning in audit.warnings:
                 log.warning("audit_warning", tenant=self.tenant.name, warning=warning)
-            log.debug("audit_info", tenant=self.tenant.name, info=list(audit.info))
+            log.info("audit_info", tenant=self.tenant.name, info=list(audit.info))
         if decision.waiting_for and not decision.actions:
             log.debug("tenant_waiting", tenant=self.tenant.name, why=decision.waiting_for)
 

@@ -162,3 +162,32 @@ def test_connector_turned_off_by_someone_is_not_re_enabled_in_the_same_cycle(
     moved = [e for e in run.named("tenant_transition") if e["to"] == "waiting"]
     assert moved and "turned off outside mxwatch" in moved[0]["reason"]
     assert rig.status()["contoso"]["state"] == "waiting"
+
+
+# --- the strict audit -----------------------------------------------------------------------
+
+SENDER_IPS = '[providers.mailprotector]\nsender_ips = ["192.0.2.0/24", "198.51.96.0/21"]'
+EIGHT_24S = [f"198.51.{n}.0/24" for n in range(96, 104)]
+
+
+def test_connector_covering_the_published_ranges_with_24s_is_enabled(rig: Rig) -> None:
+    rig.policy["confirmations"] = 1
+    rig.extra.append(SENDER_IPS)
+    guid = contoso(rig, SenderIPAddresses=["192.0.2.0/24", *EIGHT_24S], RequireTls=False)
+    run = rig.once()
+    assert enabled(rig, guid)
+    assert [e["warning"] for e in run.named("audit_warning")] == ["RequireTls is false"]
+    (info,) = run.named("audit_info")
+    assert "EFSkipLastIP" in info["info"][0]
+
+
+def test_connector_missing_one_24_of_a_published_21_is_blocked(rig: Rig) -> None:
+    rig.policy["confirmations"] = 1
+    rig.extra.append(SENDER_IPS)
+    guid = contoso(rig, SenderIPAddresses=["192.0.2.0/24", *EIGHT_24S[:-1]])
+    run = rig.once()
+    assert not enabled(rig, guid)
+    status = rig.status()["contoso"]
+    assert status["state"] == "blocked"
+    assert "198.51.96.0/21" in status["reason"]
+    assert run.named("audit_failed")
