@@ -19,10 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.interval import IntervalTrigger
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, health
 from .config import Config, ConfigError, load_config
@@ -34,6 +31,10 @@ from .metrics import Metrics, MetricsServer
 from .notify import WebhookNotifier, safe_target
 from .sdnotify import Notifier as SystemdNotifier
 from .store import Store
+
+if TYPE_CHECKING:  # imported where used: `--once` and the other commands never schedule
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from apscheduler.triggers.interval import IntervalTrigger
 
 log = get_logger("mxwatch.daemon")
 
@@ -152,6 +153,8 @@ class Daemon:
     # -- running -------------------------------------------------------------------------------
 
     async def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
         scheduler = AsyncIOScheduler(event_loop=loop, timezone="UTC")
         self._scheduler = scheduler
         scheduler.add_job(
@@ -179,6 +182,8 @@ class Daemon:
             watchdog.cancel()
 
     def _trigger(self) -> IntervalTrigger:
+        from apscheduler.triggers.interval import IntervalTrigger
+
         daemon = self.config.daemon
         jitter = round(daemon.jitter.total_seconds())  # APScheduler takes whole seconds
         return IntervalTrigger(

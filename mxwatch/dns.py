@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ipaddress
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -72,6 +73,7 @@ def normalise_exchange(exchange: str) -> str:
     return text.removesuffix(".")
 
 
+@functools.lru_cache(maxsize=4096)  # the same few MX hosts recur across thousands of domains
 def is_ip_literal(host: str) -> bool:
     """An MX exchange must be a host name (RFC 5321 §5.1); an address is a misconfiguration."""
     try:
@@ -337,10 +339,17 @@ class _TtlCache(Generic[K, V]):
         self._entries: dict[K, tuple[V, datetime]] = {}
         self._loading: dict[K, asyncio.Task[V]] = {}
 
-    async def get(self, key: K, now: datetime, load: Callable[[], Awaitable[tuple[V, int]]]) -> V:
+    def cached(self, key: K, now: datetime) -> tuple[bool, V | None]:
+        """(True, value) when a fresh value is at hand, without awaiting anything."""
         entry = self._entries.get(key)
         if entry is not None and now < entry[1]:
-            return entry[0]
+            return True, entry[0]
+        return False, None
+
+    async def get(self, key: K, now: datetime, load: Callable[[], Awaitable[tuple[V, int]]]) -> V:
+        hit, value = self.cached(key, now)
+        if hit:
+            return value  # type: ignore[return-value]  # V itself may include None
         task = self._loading.get(key)
         # A task belongs to its event loop; an observer may outlive a loop (see _limiter).
         if task is None or task.get_loop() is not asyncio.get_running_loop():
@@ -527,11 +536,19 @@ class DnsObserver:
 
         A domain listed twice is looked up once, with the provider given last.
         """
-        unique = dict(requests)
-        results = await asyncio.gather(
-            *(self.observe(domain, provider, now) for domain, provider in unique.items())
-        )
-        return {result.domain: result for result in results}
+        pending = iter(dict(requests).items())
+        results: dict[str, DomainObservation] = {}
+
+        async def worker() -> None:
+            for domain, provider in pending:  # the workers share one iterator
+                result = await self.observe(domain, provider, now)
+                results[result.domain] = result
+
+        # As many workers as query slots, not a task per domain: 10,000 suspended tasks and
+        # their frames cost about 60 MB for no gain, since the slots bound the queries anyway.
+        workers = min(self._concurrency, len(requests)) or 1
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        return results
 
     # --- resolver sources ------------------------------------------------------------------
 
@@ -747,12 +764,17 @@ class DnsObserver:
     async def _note_alias_exchanges(
         self, observations: Sequence[Observation], now: datetime
     ) -> list[Observation]:
-        hosts = sorted(
-            {r.exchange for o in observations for r in o.mx if _is_host_name(r.exchange)}
-        )
-        targets = await asyncio.gather(*(self._alias_of(host, now) for host in hosts))
-        aliases = {host: target for host, target in zip(hosts, targets, strict=True) if target}
-        return [_with_alias_notes(observation, aliases) for observation in observations]
+        hosts = {r.exchange for o in observations for r in o.mx if _is_host_name(r.exchange)}
+        aliases: dict[str, str | None] = {}
+        for host in hosts:  # a cycle over thousands of domains mostly hits the cache
+            hit, target = self._aliases.cached(host, now)
+            if hit:
+                aliases[host] = target
+        missing = sorted(hosts - aliases.keys())
+        targets = await asyncio.gather(*(self._alias_of(host, now) for host in missing))
+        aliases.update(zip(missing, targets, strict=True))
+        found = {host: target for host, target in aliases.items() if target}
+        return [_with_alias_notes(observation, found) for observation in observations]
 
     async def _alias_of(self, host: str, now: datetime) -> str | None:
         try:
