@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, daemon, health, logs
-from .config import Config, ConfigError, credential_refs, default_config_path, load_config
+from .config import (
+    Config,
+    ConfigError,
+    credential_refs,
+    default_config_path,
+    exposed_secret_files,
+    load_config,
+)
 from .exchange import check_credential
 from .store import Store, StoredTenant, StoreError
 
@@ -128,8 +135,16 @@ def _health(config: Config) -> int:
 def _config_failed(problems: Sequence[str]) -> int:
     print(f"mxwatch: the configuration has {len(problems)} problem(s):", file=sys.stderr)
     for problem in problems:
-        print(f"  {problem}", file=sys.stderr)
+        print(f"  {_printable(problem)}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _printable(text: str) -> str:
+    """Control characters escaped: a hostile value in a problem must not drive the terminal."""
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
 
 
 def _check_config(config: Config) -> int:
@@ -141,6 +156,8 @@ def _check_config(config: Config) -> int:
         problems.append(f"exchange.ca_bundle: {ca_bundle} is not a file")
     if problems:
         return _config_failed(problems)
+    for exposed in exposed_secret_files(config):
+        print(f"mxwatch: warning: {_printable(exposed.message())}", file=sys.stderr)
     domains = sum(len(t.domains) for t in config.tenants)
     print(f"{config.path}: ok ({len(config.tenants)} tenants, {domains} domains)")
     return EXIT_OK

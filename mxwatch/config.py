@@ -22,6 +22,7 @@ import enum
 import ipaddress
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -143,6 +144,8 @@ class ExchangeConfig:
     ca_bundle: Path | None
     client_id: str | None
     credential: CredentialRef | None
+    # Per HTTP request to the identity platform and the admin API (each retry gets its own).
+    timeout: timedelta = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,39 @@ _CREDENTIAL_KEY_OF: dict[type, str] = {
 }
 
 
+@dataclass(frozen=True)
+class ExposedSecretFile:
+    """A certificate or client secret file that every user of the machine may read."""
+
+    key: str  # the key path it comes from, e.g. "tenant[2].client_secret_file"
+    path: Path
+    mode: int  # the permission bits, e.g. 0o644
+
+    def message(self) -> str:
+        return (
+            f"{self.key}: {self.path} is readable by every user (mode {self.mode:04o}); "
+            f"it holds a secret: chmod o-rwx it (0600, or 0640 for a group)"
+        )
+
+
+def exposed_secret_files(config: Config) -> list[ExposedSecretFile]:
+    """Credential files readable by others: a warning, not an error (the file still works).
+
+    A file that cannot be inspected is left to check_credential, which reports it as a problem.
+    """
+    exposed = []
+    for key, ref in credential_refs(config):
+        if isinstance(ref, SecretEnvRef):
+            continue
+        try:
+            mode = ref.path.stat().st_mode
+        except OSError:
+            continue
+        if stat.S_ISREG(mode) and mode & stat.S_IROTH:
+            exposed.append(ExposedSecretFile(key, ref.path, stat.S_IMODE(mode)))
+    return exposed
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading
 
@@ -327,6 +363,13 @@ def _non_empty(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
     return value.strip()
+
+
+def _connector(value: str) -> str:
+    # Exchange names hold no control characters; one here would reach logs and terminals.
+    if any(not char.isprintable() for char in value):
+        raise ValueError("must not contain control characters (a connector's Name or GUID)")
+    return _non_empty(value)
 
 
 def _tenant_name(value: str) -> str:
@@ -551,6 +594,7 @@ class _Exchange(_Credentials):
     login_url: HttpsUrl | None = None
     admin_url: HttpsUrl | None = None
     ca_bundle: FilePath | None = None
+    timeout: PositiveDuration = ExchangeConfig.timeout
 
 
 class _Provider(_Table):
@@ -564,7 +608,7 @@ _DomainList = Annotated[list[Annotated[str, AfterValidator(_domain)]], Field(min
 class _Tenant(_Credentials):
     name: Annotated[str, AfterValidator(_tenant_name)]
     tenant_id: Guid
-    connector: Annotated[str, AfterValidator(_non_empty)]
+    connector: Annotated[str, AfterValidator(_connector)]
     provider: str = "mailprotector"
     # Omitted: the tenant's accepted domains. Given: never empty, which is likely a mistake.
     domains: _DomainList | None = None
@@ -904,6 +948,7 @@ def _build_exchange(table: _Exchange) -> ExchangeConfig:
         ca_bundle=table.ca_bundle,
         client_id=table.client_id,
         credential=_credential(table),
+        timeout=table.timeout,
     )
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, health
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, exposed_secret_files, load_config
 from .cycle import CycleReport, run_cycle
 from .dns import DnsObserver
 from .exchange import ExchangeClient
@@ -91,6 +91,7 @@ async def cycle_and_record(config: Config, services: Services, *, dry_run: bool)
 
 async def run_once(config: Config, *, dry_run: bool, metrics_file: Path | None) -> int:
     """`mxwatch --once`: one cycle, flush notifications briefly, write the metrics file."""
+    warn_exposed_secret_files(config)
     metrics = Metrics()
     with Store.open(config.daemon.state) as store:
         metrics.restore(store.last_cycle())
@@ -105,6 +106,18 @@ async def run_once(config: Config, *, dry_run: bool, metrics_file: Path | None) 
     if metrics_file is not None:
         metrics.write_textfile(metrics_file)
     return report.exit_code
+
+
+def warn_exposed_secret_files(config: Config) -> None:
+    """A warning at start-up for each credential file every user can read (still used)."""
+    for exposed in exposed_secret_files(config):
+        log.warning(
+            "secret_file_permissions",
+            key=exposed.key,
+            path=str(exposed.path),
+            mode=f"{exposed.mode:04o}",
+            fix="chmod o-rwx the file (0600, or 0640 for a group)",
+        )
 
 
 class _SchedulerLogBridge(logging.Handler):
@@ -171,6 +184,7 @@ class Daemon:
         log.info(
             "daemon_started", version=__version__, **summary(self.config, dry_run=self.dry_run)
         )
+        warn_exposed_secret_files(self.config)
         self._systemd.ready(f"watching {len(self.config.tenants)} tenants")
         watchdog = asyncio.create_task(self._watchdog(), name="mxwatch-watchdog")
         try:

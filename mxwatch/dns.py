@@ -666,8 +666,15 @@ class DnsObserver:
     async def _send(self, query: dns.message.Message, address: str) -> dns.message.Message:
         self._queries["auth_mx"] += 1
         async with self._slot():
+            # Ignore stray or garbled datagrams and keep waiting for the genuine answer, as
+            # the resolver path does: a spoofed packet must not make a server unknown.
             response, used_tcp = await dns.asyncquery.udp_with_fallback(
-                query, address, timeout=self._lifetime / 2, port=self._auth_port
+                query,
+                address,
+                timeout=self._lifetime / 2,
+                port=self._auth_port,
+                ignore_unexpected=True,
+                ignore_errors=True,
             )
         if used_tcp:
             self._queries["auth_tcp"] += 1

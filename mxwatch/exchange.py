@@ -27,8 +27,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import msal
-import msal.exceptions
 import requests
 import structlog
 from cryptography import x509
@@ -386,23 +384,34 @@ class ExchangeClient:
         config: ExchangeConfig,
         *,
         user_agent: str | None = None,
-        timeout: float = 30.0,
+        timeout: float | None = None,
         max_attempts: int = 4,
         max_retry_wait: float = 60.0,
         max_in_flight_per_tenant: int = 2,
+        max_in_flight: int = 32,
     ) -> None:
         self._config = config
         self._user_agent = user_agent or f"mxwatch/{__version__}"
-        self._timeout = timeout
+        # None: the configured exchange.timeout (tests and benchmarks may pass their own).
+        self._timeout = config.timeout.total_seconds() if timeout is None else timeout
         self._max_attempts = max(1, max_attempts)
         self._max_retry_wait = max(0.0, max_retry_wait)
         self._max_in_flight = max(1, max_in_flight_per_tenant)
+        # Requests beyond this wait on a semaphore, never in httpcore's pool: its queue costs
+        # O(queued x connections) CPU per event, which burnt most of a first cycle over 200
+        # tenants (tests/integration/test_soak.py).
+        self._max_in_flight_total = max(1, max_in_flight)
+        self._all_in_flight: asyncio.Semaphore | None = None
         self.stats = ExchangeStats()
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout),
+            timeout=httpx.Timeout(self._timeout),
             verify=self._ssl_context(),
             headers={"User-Agent": self._user_agent},
             follow_redirects=False,
+            limits=httpx.Limits(
+                max_connections=self._max_in_flight_total,
+                max_keepalive_connections=self._max_in_flight_total,
+            ),
         )
         self._apps: dict[tuple[str, str, CredentialRef], Any] = {}
         self._app_locks: dict[tuple[str, str, CredentialRef], asyncio.Lock] = {}
@@ -505,6 +514,8 @@ class ExchangeClient:
             raise _fail(ErrorKind.CREDENTIALS, str(problem)) from None
         # Belt and braces: should any library ever echo the material, the log renderer scrubs it.
         register_secret(credential if isinstance(credential, str) else credential["private_key"])
+        import msal  # here, not at the top: a steady `--once` never needs it (~0.2 s to import)
+
         build = functools.partial(
             msal.ConfidentialClientApplication,
             tenant.client_id,
@@ -517,6 +528,8 @@ class ExchangeClient:
         return await self._call_msal(build, authority)
 
     async def _call_msal(self, function: Any, url: str) -> Any:
+        import msal.exceptions
+
         try:
             return await asyncio.to_thread(function)
         except requests.exceptions.RequestException as exc:
@@ -634,8 +647,10 @@ class ExchangeClient:
         semaphore = self._in_flight.setdefault(
             tenant.tenant_id, asyncio.Semaphore(self._max_in_flight)
         )
+        if self._all_in_flight is None:
+            self._all_in_flight = asyncio.Semaphore(self._max_in_flight_total)
         try:
-            async with semaphore:
+            async with semaphore, self._all_in_flight:
                 response = await self._http.post(url, json=body, headers=headers)
         except httpx.TimeoutException:
             self.stats.api_calls[(cmdlet, "timeout")] += 1

@@ -1,0 +1,215 @@
+"""Fault matrix, Exchange Online: the real CLI against the sandbox misbehaving.
+
+The client-level classification is in test_exchange.py; these tests check what the product does
+with it: the tenant's state and journal, the exit code, the log event naming the fault, that no
+connector is enabled early, and that the next cycle recovers.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from mxwatch.sandbox.exchange_api import Fault
+from tests.fixtures.faults import (  # noqa: F401 - frig_fixture registers the fixture
+    Event,
+    FaultRig,
+    check_journal,
+    frig_fixture,
+    tenant_moves,
+)
+from tests.fixtures.knot import free_port
+from tests.fixtures.rig import Run, contoso, enabled
+from tests.fixtures.service import Service
+
+GET = "Get-InboundConnector"
+SET = "Set-InboundConnector"
+
+
+def errors(run: Run) -> list[tuple[str, str, int | None]]:
+    return [(e["cmdlet"], e["kind"], e["status"]) for e in run.named("exchange_error")]
+
+
+def recover(frig: FaultRig, guid: str, events: list[Event]) -> list[Event]:
+    """Clear the faults; the next cycle enables, with exactly one transition into enabled."""
+    frig.sandbox.clear_faults()
+    run = frig.once()
+    events += run.events
+    assert run.code == 0, run.stdout
+    assert enabled(frig, guid)
+    journal = check_journal(frig, events)
+    assert [to for _, to in tenant_moves(journal)].count("enabled") == 1
+    return journal
+
+
+# --- answers that need a person: blocked ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "reason"),
+    [
+        (Fault(status=401, times=None), (GET, "credentials", 401), "401"),
+        (Fault(status=403, cmdlet=GET, times=None), (GET, "blocked", 403), "permission denied"),
+        (Fault.forbidden_nul(cmdlet=SET, times=None), (SET, "blocked", 403), "permission denied"),
+        (Fault(status=404, cmdlet=GET, times=None), None, "connector missing"),
+        (Fault(status=404, cmdlet=SET, times=None), (SET, "blocked", 404), "not found (404)"),
+    ],
+    ids=["401", "403-get", "403-nul-body-set", "404-get", "404-set"],
+)
+def test_refusals_block_the_tenant_until_fixed(
+    frig: FaultRig, fault: Fault, error: tuple[str, str, int] | None, reason: str
+) -> None:
+    frig.policy["confirmations"] = 1
+    guid = contoso(frig)
+    frig.sandbox.inject(fault)
+    run = frig.once()
+    events = list(run.events)
+    assert run.code == 1, run.stdout
+    assert not enabled(frig, guid)
+    if error is not None:
+        assert error in errors(run)
+    status = frig.status()["contoso"]
+    assert status["state"] == "blocked"
+    assert reason in status["reason"], status["reason"]
+    blocked = [e for e in run.named("tenant_transition") if e["to"] == "blocked"]
+    assert blocked and blocked[0]["level"] == "error"
+    if fault.status == 401:
+        # One fresh token after the first 401, then blocked for credentials: not retried on.
+        assert len(frig.sandbox.requests_to("token")) == 2
+        assert [r.status for r in frig.sandbox.requests_to("api")] == [401, 401]
+    if fault.cmdlet != SET:
+        assert frig.set_calls() == []
+    # blocked is retried every cycle: once the cause is gone, the tenant proceeds.
+    recover(frig, guid, events)
+
+
+# --- answers that a retry may fix: transient ------------------------------------------------
+
+
+def test_429_without_retry_after_backs_off_and_enables(frig: FaultRig) -> None:
+    frig.policy["confirmations"] = 1
+    guid = contoso(frig)
+    frig.sandbox.inject(Fault(status=429, cmdlet=SET, times=2))
+    run = frig.once()
+    assert run.code == 0, run.stdout
+    assert enabled(frig, guid)
+    retries = run.named("exchange_retry")
+    assert [(r["cmdlet"], r["status"]) for r in retries] == [(SET, 429), (SET, 429)]
+    assert all(0 < r["wait"] <= 1.0 for r in retries)  # backoff without a server hint
+    assert [r.status for r in frig.set_calls()] == [429, 429, 200]
+    journal = check_journal(frig, run.events)
+    assert tenant_moves(journal) == [("waiting", "settling"), ("settling", "enabled")]
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        [Fault(status=429, retry_after="0", cmdlet=GET, times=None)],
+        [Fault(status=s, retry_after="0", cmdlet=SET) for s in (500, 502, 503, 504)],
+        [Fault.malformed_json(cmdlet=GET)],
+        [Fault(target="token", status=503, times=None)],
+    ],
+    ids=["429-retry-after-get", "5xx-burst-set", "malformed-json-get", "token-503"],
+)
+def test_transient_failures_keep_the_tenant_and_the_next_cycle_enables(
+    frig: FaultRig, faults: list[Fault]
+) -> None:
+    frig.policy["confirmations"] = 1
+    guid = contoso(frig)
+    for fault in faults:
+        frig.sandbox.inject(fault)
+    run = frig.once()
+    events = list(run.events)
+    assert run.code == 1, run.stdout
+    assert not enabled(frig, guid)
+    (error,) = run.named("exchange_error")
+    assert error["kind"] == "transient", error
+    status = frig.status()["contoso"]
+    assert status["state"] in ("waiting", "settling"), status  # never blocked
+    if faults[0].cmdlet == SET:
+        assert status["state"] == "settling"
+        statuses = [r["status"] for r in run.named("exchange_retry")]
+        assert statuses == [500, 502, 503]  # the 4th answer (504) is the last attempt's
+        assert error["status"] == 504
+    else:
+        assert frig.set_calls() == []
+    if faults[0].target == "token":
+        assert frig.sandbox.requests_to("api") == []
+        assert "identity platform" in error["error"]
+    recover(frig, guid, events)
+
+
+def test_plain_text_concurrency_throttle_is_retried_and_enables(frig: FaultRig) -> None:
+    frig.policy["confirmations"] = 1
+    guid = contoso(frig)
+    frig.sandbox.inject(Fault.concurrent_requests(cmdlet=SET, times=2))
+    run = frig.once()
+    assert run.code == 0, run.stdout
+    assert enabled(frig, guid)
+    retries = run.named("exchange_retry")
+    assert len(retries) == 2 and "concurrent requests" in retries[0]["reason"]
+    check_journal(frig, run.events)
+
+
+def test_answer_slower_than_the_timeout_is_retried(frig: FaultRig) -> None:
+    """The Set times out on our side but completes on the server: the retry and the read-back
+    see it enabled, and the journal has exactly one transition into enabled."""
+    frig.policy["confirmations"] = 1
+    frig.overrides[("exchange", "timeout")] = "1s"
+    guid = contoso(frig)
+    frig.sandbox.inject(Fault(delay=2.0, cmdlet=SET))
+    run = frig.once()
+    assert run.code == 0, run.stdout
+    (retry,) = run.named("exchange_retry")
+    assert retry["cmdlet"] == SET and "no answer within 1.0s" in retry["reason"]
+    assert enabled(frig, guid)
+    journal = check_journal(frig, run.events)
+    assert tenant_moves(journal) == [("waiting", "settling"), ("settling", "enabled")]
+
+
+def test_token_endpoint_refusing_connections_is_transient(frig: FaultRig) -> None:
+    frig.policy["confirmations"] = 1
+    guid = contoso(frig)
+    frig.overrides[("exchange", "login_url")] = f"https://127.0.0.1:{free_port()}"
+    run = frig.once()
+    events = list(run.events)
+    assert run.code == 1, run.stdout
+    (error,) = run.named("exchange_error")
+    assert error["kind"] == "transient" and "unreachable" in error["error"], error
+    assert frig.status()["contoso"]["state"] != "blocked"
+    assert frig.sandbox.requests_to("api") == [] and not enabled(frig, guid)
+    del frig.overrides[("exchange", "login_url")]
+    recover(frig, guid, events)
+
+
+# --- the daemon through all of it -----------------------------------------------------------
+
+
+def test_daemon_keeps_running_through_exchange_outages(frig: FaultRig) -> None:
+    frig.policy["confirmations"] = 1
+    guid = contoso(frig)
+    sandbox = frig.sandbox
+    sandbox.inject(Fault(target="token", status=503, times=None))
+    svc = Service(frig, daemon={"interval": "1s", "jitter": "0s"})
+    with svc.start() as daemon:
+        # The token endpoint is down: every cycle fails to read, transiently.
+        daemon.wait_for("cycle_finished", count=2)
+        assert all(e["kind"] == "transient" for e in daemon.named("exchange_error"))
+        assert sandbox.requests_to("api") == []
+        # Tokens work again, but every Set answers 503: the tenant stays settling.
+        sandbox.clear_faults()
+        sandbox.inject(Fault(status=503, retry_after="0", cmdlet=SET, times=None))
+        daemon.wait_for("exchange_error", lambda e: e["cmdlet"] == SET, count=2)
+        assert daemon.process.poll() is None, daemon.stderr
+        assert not enabled(frig, guid)
+        assert frig.status()["contoso"]["state"] == "settling"
+        sandbox.clear_faults()
+        daemon.wait_for("connector_enabled")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0, daemon.stderr
+        events = list(daemon.events)
+    assert enabled(frig, guid)
+    assert [r.status for r in frig.set_calls()].count(200) == 1
+    journal = check_journal(frig, events)
+    assert tenant_moves(journal) == [("waiting", "settling"), ("settling", "enabled")]
