@@ -159,7 +159,9 @@ def _check_config(config: Config) -> int:
     for exposed in exposed_secret_files(config):
         print(f"mxwatch: warning: {_printable(exposed.message())}", file=sys.stderr)
     domains = sum(len(t.domains) for t in config.tenants)
-    print(f"{config.path}: ok ({len(config.tenants)} tenants, {domains} domains)")
+    accepted = sum(not t.domains for t in config.tenants)
+    also = f", {accepted} on their accepted domains" if accepted else ""
+    print(f"{config.path}: ok ({len(config.tenants)} tenants, {domains} domains{also})")
     return EXIT_OK
 
 

@@ -51,6 +51,8 @@ def summary(config: Config, *, dry_run: bool) -> dict[str, Any]:
         "state": str(config.daemon.state),
         "tenants": len(config.tenants),
         "domains": sum(len(t.domains) for t in config.tenants),
+        # Tenants without `domains` watch their accepted domains, known once read.
+        "tenants_on_accepted_domains": sum(not t.domains for t in config.tenants),
         "interval_s": config.daemon.interval.total_seconds(),
         "jitter_s": config.daemon.jitter.total_seconds(),
         "dry_run": dry_run,

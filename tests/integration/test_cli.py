@@ -96,3 +96,14 @@ def test_help_names_the_commands_and_exit_codes() -> None:
     assert done.returncode == 0
     for word in ("--once", "--dry-run", "status", "history", "check-config", "exit codes"):
         assert word in done.stdout
+
+
+def test_check_config_counts_tenants_that_watch_their_accepted_domains(tmp_path: Path) -> None:
+    cert = make_app_certificate(tmp_path)
+    config = write_config(tmp_path, cert.path)
+    text = config.read_text().replace('domains = ["a.example"]\n', "")
+    config.write_text(text)
+    env = {**os.environ, "MXWATCH_TEST_UNSET_SECRET": "x" * 10}
+    done = mxwatch("check-config", "-c", str(config), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "ok (2 tenants, 1 domains, 1 on their accepted domains)" in done.stdout
