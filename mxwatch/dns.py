@@ -520,12 +520,13 @@ class DnsObserver:
         except (BadName, dns.exception.DNSException) as exc:
             reason = f"not a valid domain name: {exc}"
             return combine_observations(domain, [unknown(domain, "config", reason, now)], now)
-        resolved, authoritative = await asyncio.gather(
-            asyncio.gather(
-                *(self._observe_source(s, domain, name, provider, now) for s in self._sources)
-            ),
-            self._observe_authoritative(domain, name, provider, now),
-        )
+        resolving = self._observe_sources(domain, name, provider, now)
+        if self._authoritative:
+            resolved, authoritative = await asyncio.gather(
+                resolving, self._observe_authoritative(domain, name, provider, now)
+            )
+        else:  # no gather (and no task) per domain when there is nothing to run alongside
+            resolved, authoritative = await resolving, []
         observations = await self._note_alias_exchanges([*resolved, *authoritative], now)
         return combine_observations(domain, observations, now)
 
@@ -551,6 +552,15 @@ class DnsObserver:
         return results
 
     # --- resolver sources ------------------------------------------------------------------
+
+    async def _observe_sources(
+        self, domain: str, name: dns.name.Name, provider: Provider, now: datetime
+    ) -> list[Observation]:
+        if len(self._sources) == 1:
+            return [await self._observe_source(self._sources[0], domain, name, provider, now)]
+        return await asyncio.gather(
+            *(self._observe_source(s, domain, name, provider, now) for s in self._sources)
+        )
 
     async def _observe_source(
         self,
