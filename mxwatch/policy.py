@@ -138,19 +138,24 @@ def _next_domain_record(
 def domain_evidence(observed: DomainObservation) -> dict[str, Any]:
     return {
         "verdict": observed.verdict.value,
-        "mx": [{"preference": r.preference, "exchange": r.exchange} for r in observed.mx],
+        "mx": _mx_text(observed.mx),
         "ttl": observed.ttl,
         "sources": [
             {
                 "source": o.source,
                 "verdict": o.verdict.value,
-                "mx": [f"{r.preference} {r.exchange}" for r in o.mx],
+                "mx": _mx_text(o.mx),
                 "ttl": o.ttl,
                 "reason": o.reason,
             }
             for o in observed.sources
         ],
     }
+
+
+def _mx_text(mx: Sequence[MxRecord]) -> list[str]:
+    """MX records as in a zone file, "10 mx1.example": compact, for ten thousand journal rows."""
+    return [f"{r.preference} {r.exchange}" for r in mx]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,7 +413,7 @@ class _Journal:
     ) -> TenantRecord:
         evidence = {
             "domains": {d.domain: d.verdict.value if d.verdict else None for d in self.domains},
-            "mx": {d.domain: [f"{r.preference} {r.exchange}" for r in d.mx] for d in self.domains},
+            "mx": {d.domain: _mx_text(d.mx) for d in self.domains},
             "connector": {"guid": record.connector_guid, "enabled": record.connector_enabled},
         }
         self.transitions.append(

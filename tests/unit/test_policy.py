@@ -241,7 +241,7 @@ def test_update_domains_one_transition_per_changed_domain() -> None:
         ("c.example", "filtered", "unknown"),
     ]
     mx_evidence = transitions[0].evidence["mx"]
-    assert mx_evidence[0] == {"preference": 10, "exchange": "mx1.inbound.filter.example"}
+    assert mx_evidence[0] == "10 mx1.inbound.filter.example"
     source = transitions[0].evidence["sources"][0]
     assert set(source) == {"source", "verdict", "mx", "ttl", "reason"}
 
