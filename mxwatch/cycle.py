@@ -70,10 +70,13 @@ class CycleReport:
     verdicts: dict[str, Verdict]
     errors: int
     duration: float
-    transitions: int
     # For notifications and metrics (daemon.py): what changed, and every source's answer.
     journal: tuple[Transition, ...] = ()
     dns_answers: dict[str, int] = field(default_factory=dict)  # per-source verdict -> count
+
+    @property
+    def transitions(self) -> int:
+        return len(self.journal)
 
     @property
     def exit_code(self) -> int:
@@ -94,10 +97,7 @@ async def run_cycle(
     started = time.monotonic()
     stored = {t.name: store.load(t.name) for t in config.tenants}
     # The accepted domains as last read are the stored domain rows.
-    sets = {
-        t.name: policy.domain_sets(t, [d.domain for d in s.domains] if s else [])
-        for t, s in ((t, stored[t.name]) for t in config.tenants)
-    }
+    sets = {t.name: policy.domain_sets(t, _names(stored[t.name])) for t in config.tenants}
     requests = [(d, t.provider) for t in config.tenants for d in sets[t.name].observed]
     log.info("cycle_started", tenants=len(config.tenants), domains=len(requests), dry_run=dry_run)
     observations = await dns.observe_many(requests, clock())
@@ -115,7 +115,6 @@ async def run_cycle(
         verdicts={d: o.verdict for d, o in observations.items()},
         errors=sum(r.errors for r in results),
         duration=time.monotonic() - started,
-        transitions=len(transitions),
         journal=tuple(transitions),
         dns_answers=dict(
             Counter(s.verdict.value for o in observations.values() for s in o.sources)
@@ -131,6 +130,10 @@ async def run_cycle(
         dry_run=dry_run,
     )
     return report
+
+
+def _names(stored: StoredTenant | None) -> list[str]:
+    return [d.domain for d in stored.domains] if stored else []
 
 
 @dataclass(frozen=True)
@@ -230,7 +233,7 @@ class _TenantRun:
             lookup = await self.exchange.find_connector(self.tenant, self.tenant.connector)
             accepted = await self.exchange.accepted_domains(self.tenant)
         except ExchangeError as exc:
-            return self._failed(exc.failure.cmdlet, exc.failure), sets
+            return self._failed("Get-InboundConnector", exc.failure), sets
         fresh = policy.domain_sets(self.tenant, accepted)
         new = [d for d in fresh.observed if d not in self.records]
         if new:

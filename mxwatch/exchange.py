@@ -86,7 +86,6 @@ class ExchangeStats:
     """
 
     token_requests: int = 0  # tokens fetched from the authority (cache misses)
-    token_cache_hits: int = 0
     api_calls: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
@@ -575,9 +574,7 @@ class ExchangeClient:
     def _token_from(self, tenant: TenantConfig, result: Any) -> str:
         if not isinstance(result, Mapping):
             raise _fail(ErrorKind.TRANSIENT, "MSAL returned no token result")
-        if result.get("token_source") == "cache":
-            self.stats.token_cache_hits += 1
-        else:
+        if result.get("token_source") != "cache":
             self.stats.token_requests += 1
         token = result.get("access_token")
         if isinstance(token, str) and token:

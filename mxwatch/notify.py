@@ -122,8 +122,6 @@ class WebhookNotifier:
             follow_redirects=False,  # a redirect would resend the body to a host nobody chose
         )
         self._worker: asyncio.Task[None] | None = None
-        self.sent = 0
-        self.failed = 0
 
     def submit(self, transitions: Iterable[Transition]) -> int:
         """Queue the notable ones without waiting; returns how many were queued."""
@@ -173,7 +171,6 @@ class WebhookNotifier:
         for attempt in range(1, attempts + 1):
             problem = await self._post(body)
             if not problem:
-                self.sent += 1
                 log.info(
                     "notify_sent",
                     webhook=self._target,
@@ -183,7 +180,6 @@ class WebhookNotifier:
                 return
             if attempt < attempts:
                 await asyncio.sleep(_BACKOFF * 2 ** (attempt - 1))
-        self.failed += 1
         log.error(
             "notify_failed",
             webhook=self._target,

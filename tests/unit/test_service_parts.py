@@ -29,7 +29,6 @@ def report(errors: int = 0) -> CycleReport:
         verdicts={"a.com": Verdict.FILTERED, "b.com": Verdict.DIRECT},
         errors=errors,
         duration=0.3,
-        transitions=0,
         dns_answers={"filtered": 2, "direct": 2},
     )
 
