@@ -14,7 +14,6 @@ from typing import Any
 
 from . import __version__, daemon, health, logs
 from .config import (
-    Config,
     ConfigError,
     credential_refs,
     default_config_path,
@@ -22,6 +21,7 @@ from .config import (
     load_config,
 )
 from .exchange import check_credential
+from .settings import Config
 from .store import Store, StoredTenant, StoreError
 
 EXIT_OK, EXIT_TROUBLE, EXIT_USAGE = 0, 1, 2

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import enum
 import ipaddress
 import os
 import re
@@ -41,7 +40,26 @@ from pydantic import (
     ValidationInfo,
 )
 
-from .providers import BUILTIN_PROVIDERS, BadName, Provider, normalise_name, normalise_pattern
+from .names import BadName, normalise_name, normalise_pattern
+from .providers import BUILTIN_PROVIDERS, Provider
+from .settings import (
+    CLOUDS,
+    CertificateRef,
+    Cloud,
+    CloudEndpoints,
+    Config,
+    CredentialRef,
+    DaemonConfig,
+    DnsConfig,
+    ExchangeConfig,
+    MetricsConfig,
+    NotifyConfig,
+    PolicyConfig,
+    ResolverSpec,
+    SecretEnvRef,
+    SecretFileRef,
+    TenantConfig,
+)
 
 
 class ConfigError(Exception):
@@ -50,143 +68,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-class Cloud(enum.StrEnum):
-    GLOBAL = "global"
-    GCC_HIGH = "gcc-high"
-    DOD = "dod"
-    CHINA = "china"
-    CUSTOM = "custom"
-
-
-@dataclass(frozen=True)
-class CloudEndpoints:
-    login_url: str
-    admin_url: str
-
-
-CLOUDS: dict[Cloud, CloudEndpoints] = {
-    Cloud.GLOBAL: CloudEndpoints(
-        "https://login.microsoftonline.com", "https://outlook.office365.com"
-    ),
-    Cloud.GCC_HIGH: CloudEndpoints(
-        "https://login.microsoftonline.us", "https://outlook.office365.us"
-    ),
-    Cloud.DOD: CloudEndpoints(
-        "https://login.microsoftonline.us", "https://outlook-dod.office365.us"
-    ),
-    Cloud.CHINA: CloudEndpoints("https://login.chinacloudapi.cn", "https://partner.outlook.cn"),
-}
-
-
-@dataclass(frozen=True)
-class CertificateRef:
-    """A PEM file holding the private key and the certificate."""
-
-    path: Path
-
-
-@dataclass(frozen=True)
-class SecretFileRef:
-    path: Path
-
-
-@dataclass(frozen=True)
-class SecretEnvRef:
-    name: str
-
-
-CredentialRef = CertificateRef | SecretFileRef | SecretEnvRef
-
-
-@dataclass(frozen=True)
-class ResolverSpec:
-    """One DNS source. `address` None means the system resolver (/etc/resolv.conf)."""
-
-    label: str  # as written in the config: "system", "192.0.2.1", "127.0.0.1:5353"
-    address: str | None
-    port: int = 53
-
-
-@dataclass(frozen=True)
-class DaemonConfig:
-    interval: timedelta = timedelta(minutes=5)
-    jitter: timedelta = timedelta(seconds=30)
-    state: Path = Path("state.db")
-    dry_run: bool = False
-
-
-@dataclass(frozen=True)
-class DnsConfig:
-    resolvers: tuple[ResolverSpec, ...] = (ResolverSpec("system", None),)
-    authoritative: bool = True
-    timeout: timedelta = timedelta(seconds=3)
-    # Test/lab option: the port authoritative servers are asked on. Real ones listen on 53.
-    authoritative_port: int = 53
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    confirmations: int = 2
-    settle: timedelta | None = None  # None means "auto"
-    min_settle: timedelta = timedelta(minutes=10)
-    default_old_ttl: timedelta = timedelta(hours=1)
-    on_regression: str = "alert"  # "alert" | "disable"
-    recheck: timedelta = timedelta(hours=6)
-
-
-@dataclass(frozen=True)
-class ExchangeConfig:
-    cloud: Cloud
-    login_url: str
-    admin_url: str
-    ca_bundle: Path | None
-    client_id: str | None
-    credential: CredentialRef | None
-    # Per HTTP request to the identity platform and the admin API (each retry gets its own).
-    timeout: timedelta = timedelta(seconds=30)
-
-
-@dataclass(frozen=True)
-class TenantConfig:
-    name: str
-    tenant_id: str
-    connector: str
-    provider: Provider
-    domains: tuple[str, ...]  # empty: every accepted domain of the tenant (Get-AcceptedDomain)
-    client_id: str
-    credential: CredentialRef
-    ignore_domains: tuple[str, ...] = ()  # accepted domains deliberately left out
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    listen: tuple[str, int] | None = None  # (host, port) for /metrics and /healthz; None: off
-
-
-NotifyFormat = Literal["json", "slack", "teams"]
-
-
-@dataclass(frozen=True)
-class NotifyConfig:
-    webhook: str | None = None  # the whole URL is a secret: Slack and Teams keep keys in it
-    format: NotifyFormat = "json"
-    timeout: timedelta = timedelta(seconds=5)
-    retries: int = 2  # further attempts after the first one fails
-
-
-@dataclass(frozen=True)
-class Config:
-    path: Path
-    daemon: DaemonConfig
-    dns: DnsConfig
-    policy: PolicyConfig
-    exchange: ExchangeConfig
-    providers: dict[str, Provider]
-    tenants: tuple[TenantConfig, ...]
-    metrics: MetricsConfig = MetricsConfig()
-    notify: NotifyConfig = NotifyConfig()
 
 
 DEFAULT_CONFIG_PATH = Path("/etc/mxwatch/mxwatch.toml")

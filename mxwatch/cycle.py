@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from . import policy
-from .config import Config, TenantConfig
 from .logs import get_logger
 from .model import (
+    AcceptedDomains,
     Connector,
     ConnectorLookup,
     DomainObservation,
@@ -30,6 +30,7 @@ from .model import (
     Verdict,
 )
 from .providers import Provider
+from .settings import Config, TenantConfig
 from .store import Store, StoredTenant
 
 log = get_logger("mxwatch.cycle")
@@ -50,7 +51,7 @@ class DnsSource(Protocol):
 class ExchangeApi(Protocol):
     async def find_connector(self, tenant: TenantConfig, identity: str) -> ConnectorLookup: ...
 
-    async def accepted_domains(self, tenant: TenantConfig) -> tuple[str, ...]: ...
+    async def accepted_domains(self, tenant: TenantConfig) -> AcceptedDomains: ...
 
     async def set_connector_enabled(
         self, tenant: TenantConfig, guid: str, enabled: bool
@@ -234,7 +235,7 @@ class _TenantRun:
             accepted = await self.exchange.accepted_domains(self.tenant)
         except ExchangeError as exc:
             return self._failed("Get-InboundConnector", exc.failure), sets
-        fresh = policy.domain_sets(self.tenant, accepted)
+        fresh = policy.domain_sets(self.tenant, accepted.names)
         new = [d for d in fresh.observed if d not in self.records]
         if new:
             log.info("accepted_domains_added", tenant=self.tenant.name, domains=new)

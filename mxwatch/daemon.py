@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, health
-from .config import Config, ConfigError, exposed_secret_files, load_config
+from .config import ConfigError, exposed_secret_files, load_config
 from .cycle import CycleReport, run_cycle
 from .dns import DnsObserver
 from .exchange import ExchangeClient
@@ -30,6 +30,7 @@ from .logs import get_logger
 from .metrics import Metrics, MetricsServer
 from .notify import WebhookNotifier, safe_target
 from .sdnotify import Notifier as SystemdNotifier
+from .settings import Config
 from .store import Store
 
 if TYPE_CHECKING:  # imported where used: `--once` and the other commands never schedule

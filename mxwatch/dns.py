@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
-import ipaddress
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -52,116 +50,21 @@ from dns.rdtypes.ANY.NS import NS
 from dns.rdtypes.ANY.SOA import SOA
 from dns.rdtypes.IN.A import A
 
-from .config import DnsConfig, ResolverSpec
-from .model import DomainObservation, MxRecord, Observation, Verdict
-from .policy import combine_observations
-from .providers import BadName, Provider, normalise_name
+from .model import DomainObservation, Observation
+from .names import BadName, normalise_name
+from .providers import Provider
+from .settings import DnsConfig, ResolverSpec
+from .verdicts import (
+    NULL_MX_EXCHANGE,
+    classify,
+    combine_observations,
+    is_ip_literal,
+    normalise_exchange,
+    nxdomain,
+    unknown,
+)
 
 log = structlog.get_logger("mxwatch.dns")
-
-NULL_MX_EXCHANGE = "."
-
-
-# --- pure classification -------------------------------------------------------------------
-
-
-def normalise_exchange(exchange: str) -> str:
-    """Lower case without the trailing dot; the root name (null MX target) stays "."."""
-    text = exchange.strip().lower()
-    if text in ("", "."):
-        return NULL_MX_EXCHANGE
-    return text.removesuffix(".")
-
-
-@functools.lru_cache(maxsize=4096)  # the same few MX hosts recur across thousands of domains
-def is_ip_literal(host: str) -> bool:
-    """An MX exchange must be a host name (RFC 5321 §5.1); an address is a misconfiguration."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def classify(
-    domain: str,
-    source: str,
-    records: Iterable[tuple[int, str]],
-    provider: Provider,
-    now: datetime,
-    *,
-    ttl: int | None = None,
-) -> Observation:
-    """The verdict of one source's MX answer: `records` are (preference, exchange) pairs.
-
-    An empty answer is NODATA. Preference never matters: senders (spammers especially) use
-    the backup MX too, so every exchange must belong to the provider.
-    """
-    mx = tuple(sorted(MxRecord(pref, normalise_exchange(host)) for pref, host in records))
-    if not mx:
-        return _observation(domain, source, Verdict.NO_MX, mx, ttl, "NODATA (no MX records)", now)
-    if len(mx) == 1 and mx[0].exchange == NULL_MX_EXCHANGE:
-        reason = "null MX (RFC 7505)"
-        if mx[0].preference != 0:
-            reason += f" with preference {mx[0].preference}"
-        return _observation(domain, source, Verdict.NO_MX, mx, ttl, reason, now)
-    verdict, reason = _match_verdict(mx, provider)
-    return _observation(domain, source, verdict, mx, ttl, reason, now)
-
-
-def _match_verdict(mx: tuple[MxRecord, ...], provider: Provider) -> tuple[Verdict, str]:
-    hosts = [record.exchange for record in mx]
-    foreign = [host for host in hosts if not _belongs_to(host, provider)]
-    if not foreign:
-        return Verdict.FILTERED, f"all {len(hosts)} MX match {provider.name}"
-    listed = ", ".join(foreign)
-    if len(foreign) == len(hosts):
-        verdict, reason = Verdict.DIRECT, f"no MX matches {provider.name}: {listed}"
-    else:
-        matching = len(hosts) - len(foreign)
-        verdict = Verdict.MIXED
-        reason = f"{matching} of {len(hosts)} MX match {provider.name}; not matching: {listed}"
-    return verdict, reason + "".join(_anomalies(foreign))
-
-
-def _belongs_to(host: str, provider: Provider) -> bool:
-    if host == NULL_MX_EXCHANGE or is_ip_literal(host):
-        return False
-    return provider.matches(host)
-
-
-def _anomalies(foreign: Sequence[str]) -> Iterable[str]:
-    """Explain exchanges that are not host names, so an operator sees why they can't match."""
-    for host in foreign:
-        if is_ip_literal(host):
-            yield f"; {host} is an IP address, not a host name"
-        elif host == NULL_MX_EXCHANGE:
-            yield "; null MX '.' next to other MX records (invalid per RFC 7505)"
-
-
-def _observation(
-    domain: str,
-    source: str,
-    verdict: Verdict,
-    mx: tuple[MxRecord, ...],
-    ttl: int | None,
-    reason: str,
-    now: datetime,
-) -> Observation:
-    return Observation(
-        domain=domain,
-        source=source,
-        verdict=verdict,
-        mx=mx,
-        ttl=ttl,
-        reason=reason,
-        checked_at=now,
-    )
-
-
-def unknown(domain: str, source: str, reason: str, now: datetime) -> Observation:
-    """An inconclusive answer: never evidence either way."""
-    return _observation(domain, source, Verdict.UNKNOWN, (), None, reason, now)
 
 
 # --- describing failures -------------------------------------------------------------------
@@ -241,7 +144,7 @@ def _failed(
     if isinstance(exc, dns.resolver.NXDOMAIN):
         responses: dict[dns.name.Name, dns.message.Message] = exc.kwargs.get("responses", {})
         ttl = _negative_ttl(next(iter(responses.values()), None))
-        return _observation(domain, source, Verdict.NO_MX, (), ttl, "NXDOMAIN", now)
+        return nxdomain(domain, source, ttl, now)
     return unknown(domain, source, _failure_text(exc, lifetime), now)
 
 
@@ -417,9 +320,7 @@ def _authoritative_answer(
     final = _follow_cnames(response, name)
     mx = _find(response.answer, final, dns.rdatatype.MX)
     if rcode == dns.rcode.NXDOMAIN:
-        observation = _observation(
-            domain, label, Verdict.NO_MX, (), _negative_ttl(response), "NXDOMAIN", now
-        )
+        observation = nxdomain(domain, label, _negative_ttl(response), now)
     elif mx is not None:
         observation = classify(domain, label, _mx_pairs(mx), provider, now, ttl=mx.ttl)
     elif final != name and not _answers_for(response, final, server.zone):

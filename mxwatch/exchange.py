@@ -35,16 +35,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import __version__
-from .config import (
-    CertificateRef,
-    CredentialRef,
-    ExchangeConfig,
-    SecretEnvRef,
-    SecretFileRef,
-    TenantConfig,
-)
 from .logs import register_secret
 from .model import (
+    AcceptedDomain,
+    AcceptedDomains,
     Connector,
     ConnectorLookup,
     ErrorKind,
@@ -52,7 +46,15 @@ from .model import (
     ExchangeFailure,
     LookupStatus,
 )
-from .providers import BadName, normalise_name
+from .names import BadName, normalise_name
+from .settings import (
+    CertificateRef,
+    CredentialRef,
+    ExchangeConfig,
+    SecretEnvRef,
+    SecretFileRef,
+    TenantConfig,
+)
 
 log = structlog.get_logger("mxwatch.exchange")
 
@@ -465,17 +467,24 @@ class ExchangeClient:
             )
         return lookup.connector
 
-    async def accepted_domains(self, tenant: TenantConfig) -> tuple[str, ...]:
+    async def accepted_domains(self, tenant: TenantConfig) -> AcceptedDomains:
         """Get-AcceptedDomain: every domain the tenant accepts mail for, normalised."""
         objects = await self._invoke(tenant, "Get-AcceptedDomain", {})
-        names: list[str] = []
+        found: dict[str, AcceptedDomain] = {}
+        unreadable: list[str] = []
         for obj in objects:
-            raw = obj.get("DomainName")
+            raw = str(obj.get("DomainName"))
             try:
-                names.append(normalise_name(str(raw)))
+                name = normalise_name(raw)
             except BadName:
-                log.warning("accepted_domain_skipped", tenant=tenant.name, domain=str(raw))
-        return tuple(sorted(set(names)))
+                log.warning("accepted_domain_skipped", tenant=tenant.name, domain=raw)
+                unreadable.append(raw)
+                continue
+            subdomains = _as_bool(obj.get("MatchSubDomains"))
+            found[name] = AcceptedDomain(
+                name, subdomains or (name in found and found[name].match_subdomains)
+            )
+        return AcceptedDomains(tuple(found[n] for n in sorted(found)), tuple(unreadable))
 
     # ----------------------------------------------------------------------- tokens
 

@@ -47,6 +47,9 @@ class Observation:
     ttl: int | None
     reason: str
     checked_at: datetime
+    # True for a domain's authoritative server asked directly: its TTL is the record's own.
+    # A resolver's TTL is only what is left of it in that resolver's cache.
+    authoritative: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,31 @@ class Connector:
     require_tls: bool
     ef_skip_ips: tuple[str, ...] = ()
     ef_skip_last_ip: bool = False
+
+
+@dataclass(frozen=True)
+class AcceptedDomain:
+    """One Get-AcceptedDomain entry: its name (normalised) and whether it covers subdomains."""
+
+    name: str
+    match_subdomains: bool = False
+
+
+@dataclass(frozen=True)
+class AcceptedDomains:
+    """Every accepted domain of a tenant, read completely (every page of the answer).
+
+    `unreadable` holds DomainName values that are not valid domain names (as the API sent
+    them, control characters escaped): the connector covers them too, but mxwatch cannot look
+    up their MX.
+    """
+
+    domains: tuple[AcceptedDomain, ...]
+    unreadable: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.domains)
 
 
 class LookupStatus(enum.StrEnum):

@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from . import __version__
-from .config import NotifyConfig
 from .logs import get_logger, register_secret
 from .model import Transition
+from .settings import NotifyConfig
 
 log = get_logger("mxwatch.notify")
 

@@ -6,33 +6,6 @@ import ipaddress
 from dataclasses import dataclass
 
 
-class BadName(ValueError):
-    """A host or domain name that cannot be normalised."""
-
-
-def normalise_name(name: str) -> str:
-    """Lower-case, strip one trailing dot, and convert to IDNA (punycode) form.
-
-    Both "Bücher.example." and "xn--bcher-kva.example" become "xn--bcher-kva.example".
-    """
-    text = name.strip()
-    if text.endswith("."):
-        text = text[:-1]
-    if not text or text.startswith(".") or ".." in text:
-        raise BadName(f"{name!r} is not a valid domain name")
-    labels = []
-    for label in text.split("."):
-        try:
-            ascii_label = label.encode("idna").decode("ascii")
-        except UnicodeError as exc:
-            raise BadName(f"{name!r} is not a valid domain name: {exc}") from None
-        labels.append(ascii_label.lower())
-    result = ".".join(labels)
-    if len(result) > 253:
-        raise BadName(f"{name!r} is longer than 253 characters")
-    return result
-
-
 @dataclass(frozen=True)
 class Provider:
     """A filtering service: the MX hosts it answers on and the IPs it delivers from."""
@@ -52,15 +25,6 @@ class Provider:
             elif host == pattern:
                 return True
         return False
-
-
-def normalise_pattern(pattern: str) -> str:
-    """Normalise an MX pattern; "*.x.y" keeps its wildcard label."""
-    if pattern.startswith("*."):
-        return "*." + normalise_name(pattern[2:])
-    if "*" in pattern:
-        raise BadName(f"{pattern!r}: a wildcard is allowed only as the whole first label, '*.'")
-    return normalise_name(pattern)
 
 
 # Mailprotector: hosts under inbound.emailservice.{io,cc,co} seen in public MX data;

@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from mxwatch.config import DnsConfig
 from mxwatch.dns import DnsObserver
 from mxwatch.model import DomainObservation, MxRecord, Verdict
 from mxwatch.providers import MAILPROTECTOR
+from mxwatch.settings import DnsConfig
 from tests.fixtures.knot import (  # noqa: F401 (fixtures)
     REFUSED_DOMAIN,
     KnotServer,

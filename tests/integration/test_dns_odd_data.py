@@ -12,8 +12,9 @@ import pytest
 
 from mxwatch.dns import DnsObserver
 from mxwatch.model import DomainObservation, MxRecord, Observation, Verdict
-from mxwatch.policy import combine_observations
-from mxwatch.providers import MAILPROTECTOR, normalise_name
+from mxwatch.names import normalise_name
+from mxwatch.providers import MAILPROTECTOR
+from mxwatch.verdicts import combine_observations
 from tests.fixtures.knot import AuthLab
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -16,10 +16,10 @@ import pytest
 import trustme
 from structlog.testing import capture_logs
 
-from mxwatch.config import SecretEnvRef, SecretFileRef
 from mxwatch.exchange import ExchangeClient
 from mxwatch.model import ErrorKind, ExchangeError, LookupStatus
 from mxwatch.sandbox.exchange_api import ExchangeSandbox, Fault
+from mxwatch.settings import SecretEnvRef, SecretFileRef
 from tests.fixtures.sandbox import (
     CLIENT_ID,
     CONNECTOR,

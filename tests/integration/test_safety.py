@@ -7,8 +7,8 @@ import json
 import time
 from datetime import UTC, datetime
 
-from mxwatch.config import SecretEnvRef
 from mxwatch.exchange import ExchangeClient
+from mxwatch.settings import SecretEnvRef
 from tests.fixtures.rig import FILTER_MX, M365_MX, Rig, Tenant, contoso, enabled
 from tests.fixtures.sandbox import CONNECTOR, TENANT_ID, exchange_config, tenant_config
 

@@ -7,7 +7,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from mxwatch.config import PolicyConfig
 from mxwatch.model import (
     Connector,
     ConnectorLookup,
@@ -24,6 +23,7 @@ from mxwatch.model import (
     Verdict,
 )
 from mxwatch.providers import Provider
+from mxwatch.settings import PolicyConfig
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 TENANT = "contoso"

@@ -10,21 +10,23 @@ from pathlib import Path
 import pytest
 
 from mxwatch.config import (
-    CLOUDS,
     DEFAULT_CONFIG_PATH,
-    CertificateRef,
-    Cloud,
-    Config,
     ConfigError,
-    ResolverSpec,
-    SecretEnvRef,
-    SecretFileRef,
     credential_refs,
     default_config_path,
     load_config,
     parse_duration,
 )
 from mxwatch.providers import MAILPROTECTOR
+from mxwatch.settings import (
+    CLOUDS,
+    CertificateRef,
+    Cloud,
+    Config,
+    ResolverSpec,
+    SecretEnvRef,
+    SecretFileRef,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 GUID_A = "11111111-1111-1111-1111-111111111111"

@@ -22,12 +22,10 @@ from mxwatch.dns import (
     _authoritative_answer,
     _failure_reason,
     _TtlCache,
-    classify,
-    is_ip_literal,
-    normalise_exchange,
 )
 from mxwatch.model import MxRecord, Observation, Verdict
 from mxwatch.providers import MAILPROTECTOR, Provider
+from mxwatch.verdicts import classify, is_ip_literal, normalise_exchange
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 FILTER_1 = "mx1.inbound.emailservice.io."

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import trustme
 
-from mxwatch.config import CertificateRef, SecretEnvRef, SecretFileRef
 from mxwatch.exchange import (
     check_credential,
     connector_from_object,
@@ -19,6 +18,7 @@ from mxwatch.exchange import (
     retry_after_seconds,
 )
 from mxwatch.model import LookupStatus
+from mxwatch.settings import CertificateRef, SecretEnvRef, SecretFileRef
 from tests.fixtures.sandbox import make_app_certificate
 
 GUID = "ac4d5ab0-6637-4e91-8d47-f5c2e95c71d9"

@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from mxwatch.config import PolicyConfig
 from mxwatch.model import (
     Connector,
     DomainRecord,
@@ -25,7 +24,6 @@ from mxwatch.policy import (
     Outlook,
     after_action,
     audit_connector,
-    combine_observations,
     connector_read_reason,
     decide,
     eligible_at,
@@ -34,6 +32,8 @@ from mxwatch.policy import (
     update_domains,
 )
 from mxwatch.providers import Provider
+from mxwatch.settings import PolicyConfig
+from mxwatch.verdicts import combine_observations
 from tests.unit.policy_builders import (
     GUID,
     IDENTITY,

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mxwatch.config import SecretEnvRef, TenantConfig
 from mxwatch.model import TenantState, Verdict
 from mxwatch.policy import Decision, DomainSets, Enable, decide, domain_sets
 from mxwatch.providers import MAILPROTECTOR
+from mxwatch.settings import SecretEnvRef, TenantConfig
 from tests.unit.policy_builders import (
     PROVIDER,
     T0,

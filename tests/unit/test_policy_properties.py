@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from mxwatch.config import PolicyConfig
 from mxwatch.model import (
     Connector,
     DomainRecord,
@@ -37,6 +36,7 @@ from mxwatch.policy import (
     outlook,
     update_domains,
 )
+from mxwatch.settings import PolicyConfig
 from tests.unit.policy_builders import (
     NOT_CUT_OVER,
     PROVIDER,

@@ -24,7 +24,8 @@ from mxwatch.model import (
     TenantState,
     Verdict,
 )
-from mxwatch.policy import Enable, combine_observations, decide, update_domains
+from mxwatch.policy import Enable, decide, update_domains
+from mxwatch.verdicts import combine_observations
 from tests.unit.policy_builders import (
     NOT_CUT_OVER,
     PROVIDER,
