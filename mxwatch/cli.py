@@ -20,6 +20,7 @@ from .config import (
     exposed_secret_files,
     load_config,
 )
+from .cycle import DEFAULT_LOCK_WAIT
 from .exchange import check_credential
 from .settings import Config
 from .store import Store, StoredTenant, StoreError
@@ -71,12 +72,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 0 if the last cycle finished within 3 x interval, else 1 with the reason",
     )
     parser.add_argument(
+        "--lock-wait",
+        type=_seconds,
+        default=DEFAULT_LOCK_WAIT,
+        metavar="SECONDS",
+        help=(
+            "with --once: how long to wait while another mxwatch runs a cycle on the same "
+            f"state (default {DEFAULT_LOCK_WAIT:g}); then exit 1 naming it"
+        ),
+    )
+    parser.add_argument(
         "--metrics-file",
         type=Path,
         metavar="PATH",
         help="with --once: write Prometheus metrics here (node-exporter textfile format)",
     )
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0 and 3600 seconds")
+    return value
 
 
 def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -120,7 +141,11 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return EXIT_USAGE
     if args.once:
         dry_run = args.dry_run or config.daemon.dry_run
-        return asyncio.run(daemon.run_once(config, dry_run=dry_run, metrics_file=args.metrics_file))
+        return asyncio.run(
+            daemon.run_once(
+                config, dry_run=dry_run, metrics_file=args.metrics_file, lock_wait=args.lock_wait
+            )
+        )
     return asyncio.run(daemon.run_daemon(config, dry_run_flag=args.dry_run))
 
 

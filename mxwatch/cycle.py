@@ -1,7 +1,9 @@
 """One pass over every tenant: observe (dns) -> decide (policy) -> act (exchange) -> record (store).
 
 This is the only module that wires the outside systems together; `--once` and the daemon both
-call `run_cycle`.
+call `run_cycle`. The cycle holds the state exclusively from its first read to its commit.
+Tenants run concurrently, each decided as soon as its own domains are observed, so one slow
+zone delays only its own tenant.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -21,13 +23,13 @@ from .model import (
     Connector,
     ConnectorLookup,
     DomainObservation,
-    DomainRecord,
     ExchangeError,
     ExchangeFailure,
     TenantRecord,
     TenantState,
     Transition,
     Verdict,
+    WriteAction,
 )
 from .providers import Provider
 from .settings import Config, TenantConfig
@@ -36,6 +38,7 @@ from .store import Store, StoredTenant
 log = get_logger("mxwatch.cycle")
 
 Clock = Callable[[], datetime]
+DEFAULT_LOCK_WAIT = 60.0  # seconds a cycle waits for another process's cycle on the state
 
 
 def utc_now() -> datetime:
@@ -63,6 +66,7 @@ class TenantResult:
     stored: StoredTenant
     transitions: tuple[Transition, ...]
     errors: int
+    verdicts: Mapping[str, DomainObservation]
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,17 @@ class CycleReport:
         return 1 if self.errors or troubled & set(self.states.values()) else 0
 
 
+@dataclass(frozen=True)
+class _CycleContext:
+    config: Config
+    store: Store
+    dns: DnsSource
+    exchange: ExchangeApi
+    dry_run: bool
+    rules: policy.Rules
+    now: datetime
+
+
 async def run_cycle(
     config: Config,
     store: Store,
@@ -94,32 +109,32 @@ async def run_cycle(
     *,
     dry_run: bool,
     clock: Clock = utc_now,
+    lock_wait: float = DEFAULT_LOCK_WAIT,
+    holder: str = "mxwatch",
 ) -> CycleReport:
+    """One cycle; StoreBusy when another process holds the state for longer than lock_wait."""
     started = time.monotonic()
-    stored = {t.name: store.load(t.name) for t in config.tenants}
-    # The accepted domains as last read are the stored domain rows.
-    sets = {t.name: policy.domain_sets(t, _names(stored[t.name])) for t in config.tenants}
-    requests = [(d, t.provider) for t in config.tenants for d in sets[t.name].observed]
-    log.info("cycle_started", tenants=len(config.tenants), domains=len(requests), dry_run=dry_run)
-    observations = await dns.observe_many(requests, clock())
-    context = _CycleContext(config, dns, exchange, dry_run, clock)
-    runs = [
-        _run_tenant(context, t, stored[t.name], sets[t.name], observations) for t in config.tenants
-    ]
-    results = await asyncio.gather(*runs)
-    transitions = [t for r in results for t in r.transitions]
-    store.save_cycle([r.stored for r in results], transitions)
-    for transition in transitions:
+    await asyncio.to_thread(store.acquire, lock_wait, holder)  # the loop keeps running
+    try:
+        context = _CycleContext(
+            config, store, dns, exchange, dry_run, policy.rules_of(config), clock()
+        )
+        log.info("cycle_started", tenants=len(config.tenants), dry_run=dry_run)
+        results = await asyncio.gather(*(_run_tenant(context, t) for t in config.tenants))
+        transitions = [t for r in results for t in r.transitions]
+        store.save_cycle([r.stored for r in results], transitions)
+    finally:
+        store.release()
+    for transition in transitions:  # logged only once they are safely in the journal
         _log_transition(transition)
+    observed = {d: o for r in results for d, o in r.verdicts.items()}
     report = CycleReport(
         states={r.stored.record.name: r.stored.record.state for r in results},
-        verdicts={d: o.verdict for d, o in observations.items()},
+        verdicts={d: o.verdict for d, o in observed.items()},
         errors=sum(r.errors for r in results),
         duration=time.monotonic() - started,
         journal=tuple(transitions),
-        dns_answers=dict(
-            Counter(s.verdict.value for o in observations.values() for s in o.sources)
-        ),
+        dns_answers=dict(Counter(s.verdict.value for o in observed.values() for s in o.sources)),
     )
     log.info(
         "cycle_finished",
@@ -133,90 +148,82 @@ async def run_cycle(
     return report
 
 
-def _names(stored: StoredTenant | None) -> list[str]:
-    return [d.domain for d in stored.domains] if stored else []
-
-
-@dataclass(frozen=True)
-class _CycleContext:
-    config: Config
-    dns: DnsSource
-    exchange: ExchangeApi
-    dry_run: bool
-    clock: Clock
-
-
-async def _run_tenant(
-    context: _CycleContext,
-    tenant: TenantConfig,
-    stored: StoredTenant | None,
-    sets: policy.DomainSets,
-    observations: dict[str, DomainObservation],
-) -> TenantResult:
+async def _run_tenant(context: _CycleContext, tenant: TenantConfig) -> TenantResult:
+    stored = context.store.load(tenant.name)
     previous = stored or StoredTenant(
-        tenant.tenant_id, tenant.connector, TenantRecord(tenant.name, since=context.clock()), ()
+        tenant.tenant_id, tenant.connector, TenantRecord(tenant.name, since=context.now), ()
     )
+    run = _TenantRun(context, tenant, previous)
     try:
-        run = _TenantRun(context, tenant, previous)
-        return await run.execute(sets, observations)
+        return await run.execute()
     except Exception as exc:  # one tenant's bug or outage must never stop the others
         log.error("tenant_failed", tenant=tenant.name, error=f"{type(exc).__name__}: {exc}")
-        return TenantResult(previous, (), 1)
+        # Keep an intent this run committed: its write may have been made.
+        return TenantResult(replace(previous, intent=run.intent), (), 1, run.observed)
 
 
 class _TenantRun:
     """observe -> decide -> act for one tenant; collects what is to be recorded."""
 
-    def __init__(
-        self, context: _CycleContext, tenant: TenantConfig, previous: StoredTenant
-    ) -> None:
-        self.tenant, self.previous = tenant, previous
-        self.config, self.exchange = context.config, context.exchange
-        self.dns, self.dry_run, self.clock = context.dns, context.dry_run, context.clock
+    def __init__(self, context: _CycleContext, tenant: TenantConfig, previous: StoredTenant):
+        self.context, self.tenant, self.previous = context, tenant, previous
+        self.now = context.now
         self.transitions: list[Transition] = []
         self.errors = 0
-        self.records: dict[str, DomainRecord] = {}
+        self.records = {d.domain: d for d in previous.domains}
+        self.observed: dict[str, DomainObservation] = {}
+        self.intent = previous.intent  # the write, if any, whose outcome is not yet recorded
 
-    async def execute(
-        self, sets: policy.DomainSets, observations: dict[str, DomainObservation]
-    ) -> TenantResult:
-        self._observe({d: observations[d] for d in sets.observed})
-        record = replace(self.previous.record, name=self.tenant.name)
-        why = policy.connector_read_reason(
-            self.tenant.name, record, self._pick(sets.managed), self.config.policy, self.clock()
-        )
-        read: policy.ConnectorRead = None
-        if why is not None:
-            log.debug("connector_read", tenant=self.tenant.name, why=why)
-            read, sets = await self._read_exchange(sets)
-        managed = self._pick(sets.managed)
-        decision = policy.decide(
-            self.tenant.name,
-            record,
-            managed,
-            read,
-            self.tenant.provider,
-            self.config.policy,
-            self.clock(),
-            unmanaged=self._pick(sets.unmanaged),
-        )
+    async def execute(self) -> TenantResult:
+        accepted = [d.domain for d in self.previous.domains if d.accepted]
+        covered: Sequence[str] = policy.covered_domains(self.tenant, accepted)
+        await self._observe(covered)
+        decision = self._decide(covered, None)
+        if decision.needs_connector:
+            log.debug("connector_read", tenant=self.tenant.name, why=decision.needs_connector)
+            reads = await self._read()
+            covered = await self._cover(covered, reads.accepted)
+            decision = self._decide(covered, reads)
         self._note(decision)
         record = decision.record
+        if decision.intent_settled:
+            self.intent = None
+        if decision.confirmed is not None:
+            self._log_write(decision.confirmed.action, decision.confirmed.guid, recovered=True)
         for action in decision.actions:
-            record = await self._act(record, managed, action)
+            record = await self._act(record, covered, action)
+        domains = tuple(self.records[d] for d in covered)
         stored = StoredTenant(
-            self.tenant.tenant_id, self.tenant.connector, record, self._pick(sets.observed)
+            self.tenant.tenant_id, self.tenant.connector, record, domains, self.intent
         )
-        return TenantResult(stored, tuple(self.transitions), self.errors)
+        return TenantResult(stored, tuple(self.transitions), self.errors, self.observed)
 
-    def _pick(self, names: Sequence[str]) -> tuple[DomainRecord, ...]:
-        return tuple(self.records[d] for d in names)
+    def _decide(self, covered: Sequence[str], reads: policy.Reads | None) -> policy.Decision:
+        return policy.decide(
+            self.tenant.name,
+            replace(self.previous.record, name=self.tenant.name),
+            [self.records[d] for d in covered],
+            provider=self.tenant.provider,
+            rules=self.context.rules,
+            now=self.now,
+            reads=reads,
+            intent=self.previous.intent,
+            exclusive=self.context.store.holds_exclusively(),
+        )
 
-    def _observe(self, observed: dict[str, DomainObservation]) -> None:
-        known = {d.domain: d for d in self.previous.domains}
-        records, changes = policy.update_domains(self.tenant.name, known, observed, self.clock())
-        self.records.update((r.domain, r) for r in records)
-        self.transitions.extend(changes)
+    # -- observing ---------------------------------------------------------------------------
+
+    async def _observe(self, domains: Sequence[str]) -> None:
+        requests = [(d, self.tenant.provider) for d in domains]
+        observed = await self.context.dns.observe_many(requests, self.now)
+        self.observed.update(observed)
+        update = policy.update_domains(
+            self.tenant.name, self.records, observed, self.context.rules, self.now
+        )
+        self.records.update((r.domain, r) for r in update.records)
+        self.transitions.extend(update.transitions)
+        for domain, why in update.restarts:
+            log.warning("domain_streak_restarted", tenant=self.tenant.name, domain=domain, why=why)
         for domain, observation in observed.items():
             if observation.verdict is Verdict.UNKNOWN:
                 log.warning(
@@ -226,52 +233,73 @@ class _TenantRun:
                     reason=observation.reason,
                 )
 
-    async def _read_exchange(
-        self, sets: policy.DomainSets
-    ) -> tuple[policy.ConnectorRead, policy.DomainSets]:
-        """Read the connector and the accepted domains; observe accepted domains new to us."""
-        try:
-            lookup = await self.exchange.find_connector(self.tenant, self.tenant.connector)
-            accepted = await self.exchange.accepted_domains(self.tenant)
-        except ExchangeError as exc:
-            return self._failed("Get-InboundConnector", exc.failure), sets
-        fresh = policy.domain_sets(self.tenant, accepted.names)
-        new = [d for d in fresh.observed if d not in self.records]
+    async def _cover(
+        self, covered: Sequence[str], accepted: AcceptedDomains | ExchangeFailure | None
+    ) -> Sequence[str]:
+        """The covered domains after a complete accepted-domain read; new ones observed now."""
+        if not isinstance(accepted, AcceptedDomains):
+            return covered
+        names = set(accepted.names)
+        covered = policy.covered_domains(self.tenant, accepted.names)
+        new = [d for d in covered if d not in self.records]
         if new:
             log.info("accepted_domains_added", tenant=self.tenant.name, domains=new)
-            requests = [(d, self.tenant.provider) for d in new]
-            self._observe(await self.dns.observe_many(requests, self.clock()))
-        return lookup, fresh
+            await self._observe(new)
+        for domain in covered:
+            self.records[domain] = replace(self.records[domain], accepted=domain in names)
+        return covered
+
+    # -- Exchange ----------------------------------------------------------------------------
+
+    async def _read(self) -> policy.Reads:
+        """The connector, then (when it could be read) every accepted domain."""
+        exchange = self.context.exchange
+        try:
+            lookup = await exchange.find_connector(self.tenant, self.tenant.connector)
+        except ExchangeError as exc:
+            return policy.Reads(self._failed("Get-InboundConnector", exc.failure))
+        try:
+            accepted: AcceptedDomains | ExchangeFailure = await exchange.accepted_domains(
+                self.tenant
+            )
+        except ExchangeError as exc:
+            accepted = self._failed("Get-AcceptedDomain", exc.failure)
+        return policy.Reads(lookup, accepted)
 
     async def _act(
-        self, record: TenantRecord, domains: Sequence[DomainRecord], action: policy.Action
+        self, record: TenantRecord, covered: Sequence[str], action: policy.Action
     ) -> TenantRecord:
         enable = isinstance(action, policy.Enable)
-        if self.dry_run:
+        if self.context.dry_run:
             event = "would_enable" if enable else "would_disable"
             log.info(
                 event, tenant=self.tenant.name, connector=self.tenant.connector, guid=action.guid
             )
             return record
+        intent = policy.action_intent(action, self.now)
+        self.context.store.record_intent(self.tenant.name, intent)  # before the write, always
+        self.intent = intent
         outcome: Connector | ExchangeFailure
         try:
-            outcome = await self.exchange.set_connector_enabled(self.tenant, action.guid, enable)
+            outcome = await self.context.exchange.set_connector_enabled(
+                self.tenant, action.guid, enable
+            )
         except ExchangeError as exc:
             outcome = self._failed("Set-InboundConnector", exc.failure)
         else:
-            event = "connector_enabled" if outcome.enabled else "connector_disabled"
-            log.info(
-                event,
-                tenant=self.tenant.name,
-                connector=outcome.name,
-                guid=outcome.guid,
-                read_back_enabled=outcome.enabled,
-            )
-        decision = policy.after_action(
-            self.tenant.name, record, domains, action, outcome, self.clock()
-        )
+            self._log_write(intent.action, outcome.guid, read_back_enabled=outcome.enabled)
+        domains = [self.records[d] for d in covered]
+        decision = policy.after_action(self.tenant.name, record, domains, action, outcome, self.now)
         self._note(decision)
+        if decision.intent_settled:
+            self.intent = None
         return decision.record
+
+    def _log_write(self, action: WriteAction, guid: str, **fields: Any) -> None:
+        event = "connector_enabled" if action is WriteAction.ENABLE else "connector_disabled"
+        log.info(
+            event, tenant=self.tenant.name, connector=self.tenant.connector, guid=guid, **fields
+        )
 
     def _failed(self, cmdlet: str, failure: ExchangeFailure) -> ExchangeFailure:
         self.errors += 1

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, health
 from .config import ConfigError, exposed_secret_files, load_config
-from .cycle import CycleReport, run_cycle
+from .cycle import DEFAULT_LOCK_WAIT, CycleReport, run_cycle
 from .dns import DnsObserver
 from .exchange import ExchangeClient
 from .logs import get_logger
@@ -31,7 +31,7 @@ from .metrics import Metrics, MetricsServer
 from .notify import WebhookNotifier, safe_target
 from .sdnotify import Notifier as SystemdNotifier
 from .settings import Config
-from .store import Store
+from .store import Store, StoreBusy
 
 if TYPE_CHECKING:  # imported where used: `--once` and the other commands never schedule
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -79,10 +79,18 @@ class Services:
     notifier: WebhookNotifier | None = None
 
 
-async def cycle_and_record(config: Config, services: Services, *, dry_run: bool) -> CycleReport:
+async def cycle_and_record(
+    config: Config, services: Services, *, dry_run: bool, lock_wait: float, holder: str
+) -> CycleReport:
     """One cycle, then what the service adds: the health record, metrics, notifications."""
     report = await run_cycle(
-        config, services.store, services.dns, services.exchange, dry_run=dry_run
+        config,
+        services.store,
+        services.dns,
+        services.exchange,
+        dry_run=dry_run,
+        lock_wait=lock_wait,
+        holder=holder,
     )
     finished = datetime.now(UTC)
     services.store.record_cycle(finished, ok=report.errors == 0)
@@ -92,7 +100,9 @@ async def cycle_and_record(config: Config, services: Services, *, dry_run: bool)
     return report
 
 
-async def run_once(config: Config, *, dry_run: bool, metrics_file: Path | None) -> int:
+async def run_once(
+    config: Config, *, dry_run: bool, metrics_file: Path | None, lock_wait: float
+) -> int:
     """`mxwatch --once`: one cycle, flush notifications briefly, write the metrics file."""
     warn_exposed_secret_files(config)
     metrics = Metrics()
@@ -102,7 +112,9 @@ async def run_once(config: Config, *, dry_run: bool, metrics_file: Path | None) 
         async with ExchangeClient(config.exchange) as exchange:
             services = Services(store, DnsObserver(config.dns), exchange, metrics, notifier)
             try:
-                report = await cycle_and_record(config, services, dry_run=dry_run)
+                report = await cycle_and_record(
+                    config, services, dry_run=dry_run, lock_wait=lock_wait, holder="mxwatch --once"
+                )
             finally:
                 if notifier is not None:
                     await notifier.aclose(NOTIFY_FLUSH)
@@ -221,8 +233,15 @@ class Daemon:
     async def _cycle(self) -> None:
         config = self.config  # a reload during the cycle applies from the next one
         services = await self._current_services(config)
+        # Wait for a --once run on the same state for at most half an interval, so that the
+        # next cycle is not pushed back behind it.
+        lock_wait = min(DEFAULT_LOCK_WAIT, config.daemon.interval.total_seconds() / 2)
         try:
-            await cycle_and_record(config, services, dry_run=self.dry_run)
+            await cycle_and_record(
+                config, services, dry_run=self.dry_run, lock_wait=lock_wait, holder="mxwatch"
+            )
+        except StoreBusy as exc:  # another process's cycle: try again next interval
+            log.warning("state_busy", detail=str(exc))
         except Exception as exc:  # a broken cycle is logged; the daemon keeps trying
             self._metrics.failed()
             log.error("cycle_failed", error=f"{type(exc).__name__}: {exc}")

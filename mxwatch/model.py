@@ -156,15 +156,27 @@ class ExchangeError(Exception):
 
 @dataclass(frozen=True)
 class DomainRecord:
-    """What the store remembers about one managed domain."""
+    """What the store remembers about one covered domain of a tenant.
+
+    The filtered streak is this domain's own: it starts at the first `filtered` observation,
+    counts consecutive `filtered` observations (`unknown` ones neither count nor break it), and
+    restarts when two of them are further apart than the allowed gap.
+    """
 
     domain: str
     verdict: Verdict | None = None  # last combined verdict, unknown included
     mx: tuple[MxRecord, ...] = ()
     ttl: int | None = None
     checked_at: datetime | None = None
-    filtered_since: datetime | None = None  # start of the current all-filtered streak
-    old_ttl: int | None = None  # TTL of the last non-filtered MX RRset observed
+    filtered_since: datetime | None = None  # start of the current filtered streak
+    filtered_count: int = 0  # filtered observations in the streak
+    filtered_at: datetime | None = None  # the streak's latest filtered observation
+    misses: int = 0  # consecutive not-filtered observations (a regression when enabled)
+    # The longest TTL of any not-filtered answer: from an authoritative server (the record's
+    # own TTL), and from a resolver (only what was left in its cache: a lower bound).
+    old_ttl: int | None = None
+    old_ttl_cached: int | None = None
+    accepted: bool = False  # listed at the tenant's last complete Get-AcceptedDomain read
 
 
 @dataclass(frozen=True)
@@ -175,13 +187,30 @@ class TenantRecord:
     state: TenantState = TenantState.WAITING
     since: datetime | None = None
     reason: str = "new tenant"
-    confirmations: int = 0
+    confirmations: int = 0  # the fewest filtered observations of any covered domain (status)
     eligible_at: datetime | None = None
     eligible_reason: str = ""
-    regressions: int = 0  # consecutive not-filtered cycles while enabled
     connector_guid: str | None = None
     connector_enabled: bool | None = None
     connector_checked_at: datetime | None = None
+
+
+class WriteAction(enum.StrEnum):
+    ENABLE = "enable"
+    DISABLE = "disable"
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A connector write about to be made, committed before it is sent (write-ahead).
+
+    A crash after the write leaves the intent behind; the next cycle reads the connector back
+    and records the change as mxwatch's own.
+    """
+
+    action: WriteAction
+    guid: str
+    at: datetime
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .model import DomainRecord, MxRecord, TenantRecord, TenantState, Transition, Verdict
+from .lockfile import LockBusy, LockFile
+from .model import (
+    DomainRecord,
+    Intent,
+    MxRecord,
+    TenantRecord,
+    TenantState,
+    Transition,
+    Verdict,
+    WriteAction,
+)
 
-__all__ = ["SCHEMA_VERSION", "CycleRun", "Store", "StoreError", "StoredTenant"]
+__all__ = ["SCHEMA_VERSION", "CycleRun", "Store", "StoreBusy", "StoreError", "StoredTenant"]
 
 # Written into the SQLite header so a foreign database is recognised instead of being
 # migrated into ("MXwt").
@@ -93,14 +103,40 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             last_ok_at TEXT
         )""",
     ),
+    (
+        # Per-domain streaks (DESIGN.md §3): each covered domain counts its own filtered
+        # observations, remembers the last one (a gap restarts the streak) and its not-filtered
+        # ones (a regression), and keeps first-hand and resolver-seen old TTLs apart.
+        "ALTER TABLE domain ADD COLUMN filtered_count INTEGER NOT NULL DEFAULT 0"
+        " CHECK (filtered_count >= 0)",
+        "ALTER TABLE domain ADD COLUMN filtered_at TEXT",
+        "ALTER TABLE domain ADD COLUMN misses INTEGER NOT NULL DEFAULT 0 CHECK (misses >= 0)",
+        "ALTER TABLE domain ADD COLUMN old_ttl_cached INTEGER CHECK (old_ttl_cached >= 0)",
+        "ALTER TABLE domain ADD COLUMN accepted INTEGER NOT NULL DEFAULT 0"
+        " CHECK (accepted IN (0, 1))",
+        # Earlier versions counted confirmations per tenant and could not tell a resolver's TTL
+        # from the record's: every streak starts again, every old TTL counts as second-hand,
+        # and every domain known so far stays covered until the next accepted-domain read.
+        "UPDATE domain SET filtered_since = NULL, old_ttl_cached = old_ttl, old_ttl = NULL,"
+        " accepted = 1",
+        "ALTER TABLE tenant DROP COLUMN regressions",
+        # The write-ahead intent: committed before a connector write, removed when the cycle
+        # that made the write (or a later one that read it back) records its outcome.
+        """CREATE TABLE intent (
+            tenant TEXT PRIMARY KEY,
+            action TEXT NOT NULL CHECK (action IN ('enable', 'disable')),
+            guid TEXT NOT NULL,
+            at TEXT NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _UPSERT_TENANT = """
     INSERT INTO tenant (
         name, tenant_id, connector, state, since, reason, confirmations, eligible_at,
-        eligible_reason, regressions, connector_guid, connector_enabled, connector_checked_at
-    ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        eligible_reason, connector_guid, connector_enabled, connector_checked_at
+    ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (name) DO UPDATE SET
         tenant_id = excluded.tenant_id,
         connector = excluded.connector,
@@ -110,14 +146,14 @@ _UPSERT_TENANT = """
         confirmations = excluded.confirmations,
         eligible_at = excluded.eligible_at,
         eligible_reason = excluded.eligible_reason,
-        regressions = excluded.regressions,
         connector_guid = excluded.connector_guid,
         connector_enabled = excluded.connector_enabled,
         connector_checked_at = excluded.connector_checked_at
 """
 _INSERT_DOMAIN = (
-    "INSERT INTO domain (tenant, domain, position, verdict, mx, ttl, checked_at,"
-    " filtered_since, old_ttl) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO domain (tenant, domain, position, verdict, mx, ttl, checked_at, filtered_since,"
+    " filtered_count, filtered_at, misses, old_ttl, old_ttl_cached, accepted)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_JOURNAL = (
     "INSERT INTO journal (at, tenant, domain, from_state, to_state, reason, evidence)"
@@ -125,8 +161,19 @@ _INSERT_JOURNAL = (
 )
 
 
+_UPSERT_INTENT = (
+    "INSERT INTO intent (tenant, action, guid, at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (tenant) DO UPDATE SET action = excluded.action, guid = excluded.guid,"
+    " at = excluded.at"
+)
+
+
 class StoreError(Exception):
     """The state file cannot be used; the message names the file and what to do."""
+
+
+class StoreBusy(StoreError):
+    """Another process holds the state for its cycle; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +182,7 @@ class StoredTenant:
     connector: str  # the configured connector identity (name or GUID)
     record: TenantRecord
     domains: tuple[DomainRecord, ...]
+    intent: Intent | None = None  # a connector write whose outcome is not yet recorded
 
 
 @dataclass(frozen=True)
@@ -169,6 +217,7 @@ class Store:
         # The daemon's scheduler runs cycles on worker threads; one connection, used serially.
         self._lock = threading.Lock()
         self._closed = False
+        self._lease: LockFile | None = None
 
     @property
     def path(self) -> Path:
@@ -271,6 +320,63 @@ class Store:
                 last_ok_at=_time_from_db(row["last_ok_at"]),
             )
 
+    # -- the one writer ----------------------------------------------------------------------
+
+    def acquire(self, wait: float, command: str) -> None:
+        """Hold the state for one cycle: from its first read to its commit (DESIGN.md §3).
+
+        Waits up to `wait` seconds for another process's cycle (blocking: call it from a
+        thread in async code); StoreBusy names that process. While held, every write checks
+        that it still is (the lock file may have been removed by hand), and refuses otherwise.
+        """
+        if self._readonly:
+            raise StoreError(f"cannot lock {self._path}: this store was opened read-only")
+        lease = LockFile(self._path.with_name(self._path.name + ".lock"))
+        try:
+            lease.acquire(wait, command)
+        except LockBusy as busy:
+            raise StoreBusy(
+                f"the state {self._path} is in use by {busy.holder.describe()}: waited "
+                f"{busy.waited:g}s for it; only one mxwatch may run a cycle on a state file "
+                "(a daemon or a --once timer, not both)"
+            ) from None
+        except OSError as exc:
+            raise StoreError(f"cannot lock {lease.path}: {exc.strerror or exc}") from None
+        self._lease = lease
+
+    def release(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
+
+    @contextmanager
+    def exclusive(self, wait: float, command: str) -> Iterator[None]:
+        self.acquire(wait, command)
+        try:
+            yield
+        finally:
+            self.release()
+
+    def holds_exclusively(self) -> bool:
+        """This process holds the state lock right now."""
+        return self._lease is not None and self._lease.held()
+
+    def record_intent(self, tenant: str, intent: Intent) -> None:
+        """Commit a connector write before it is made, so that a crash cannot hide it."""
+        self._check_writable()
+        row = (tenant, intent.action.value, intent.guid, _time_to_db(intent.at, "intent.at"))
+        with self._using("recording a write intent"), self._transaction():
+            self._conn.execute(_UPSERT_INTENT, row)
+
+    def _check_writable(self) -> None:
+        if self._readonly:
+            raise StoreError(f"cannot write {self._path}: this store was opened read-only")
+        if self._lease is not None and not self._lease.held():
+            raise StoreError(
+                f"lost the lock on {self._path} ({self._lease.path} was removed or replaced); "
+                "nothing was saved: is another mxwatch using this state?"
+            )
+
     # -- writing -----------------------------------------------------------------------------
 
     def record_cycle(self, finished_at: datetime, *, ok: bool) -> None:
@@ -291,19 +397,21 @@ class Store:
         lock is taken, so a naive datetime (ValueError) or evidence that JSON cannot represent
         (TypeError) fails without touching the file.
         """
-        if self._readonly:
-            raise StoreError(f"cannot write {self._path}: this store was opened read-only")
+        self._check_writable()
         _reject_duplicates(tenants)
         tenant_rows = [_tenant_row(t) for t in tenants]
         domain_rows = [
             _domain_row(t.record.name, i, d) for t in tenants for i, d in enumerate(t.domains)
         ]
         journal_rows = [_journal_row(tr) for tr in transitions]
+        intent_rows = [_intent_row(t) for t in tenants if t.intent is not None]
         names = [(t.record.name,) for t in tenants]
         with self._using("saving a cycle"), self._transaction():
             self._conn.executemany(_UPSERT_TENANT, tenant_rows)
             self._conn.executemany("DELETE FROM domain WHERE tenant = ?", names)
             self._conn.executemany(_INSERT_DOMAIN, domain_rows)
+            self._conn.executemany("DELETE FROM intent WHERE tenant = ?", names)
+            self._conn.executemany(_UPSERT_INTENT, intent_rows)
             self._conn.executemany(_INSERT_JOURNAL, journal_rows)
 
     # -- internals ---------------------------------------------------------------------------
@@ -401,12 +509,14 @@ class Store:
         domain_rows = self._conn.execute(
             "SELECT * FROM domain WHERE tenant = ? ORDER BY position", (name,)
         ).fetchall()
+        intent = self._conn.execute("SELECT * FROM intent WHERE tenant = ?", (name,)).fetchone()
         with self._decoding(f"tenant {name}"):
             return StoredTenant(
                 tenant_id=row["tenant_id"],
                 connector=row["connector"],
                 record=_tenant_record(row),
                 domains=tuple(_domain_record(d) for d in domain_rows),
+                intent=None if intent is None else _intent(intent),
             )
 
     def _transition(self, row: sqlite3.Row) -> Transition:
@@ -551,7 +661,6 @@ def _tenant_row(t: StoredTenant) -> tuple[Any, ...]:
         r.confirmations,
         _time_to_db(r.eligible_at, f"{where}: eligible_at"),
         r.eligible_reason,
-        r.regressions,
         r.connector_guid,
         None if r.connector_enabled is None else int(r.connector_enabled),
         _time_to_db(r.connector_checked_at, f"{where}: connector_checked_at"),
@@ -568,7 +677,6 @@ def _tenant_record(row: sqlite3.Row) -> TenantRecord:
         confirmations=row["confirmations"],
         eligible_at=_time_from_db(row["eligible_at"]),
         eligible_reason=row["eligible_reason"],
-        regressions=row["regressions"],
         connector_guid=row["connector_guid"],
         connector_enabled=None if enabled is None else bool(enabled),
         connector_checked_at=_time_from_db(row["connector_checked_at"]),
@@ -587,7 +695,12 @@ def _domain_row(tenant: str, position: int, d: DomainRecord) -> tuple[Any, ...]:
         d.ttl,
         _time_to_db(d.checked_at, f"{where}: checked_at"),
         _time_to_db(d.filtered_since, f"{where}: filtered_since"),
+        d.filtered_count,
+        _time_to_db(d.filtered_at, f"{where}: filtered_at"),
+        d.misses,
         d.old_ttl,
+        d.old_ttl_cached,
+        int(d.accepted),
     )
 
 
@@ -600,8 +713,24 @@ def _domain_record(row: sqlite3.Row) -> DomainRecord:
         ttl=row["ttl"],
         checked_at=_time_from_db(row["checked_at"]),
         filtered_since=_time_from_db(row["filtered_since"]),
+        filtered_count=row["filtered_count"],
+        filtered_at=_time_from_db(row["filtered_at"]),
+        misses=row["misses"],
         old_ttl=row["old_ttl"],
+        old_ttl_cached=row["old_ttl_cached"],
+        accepted=bool(row["accepted"]),
     )
+
+
+def _intent_row(t: StoredTenant) -> tuple[Any, ...]:
+    intent = t.intent
+    assert intent is not None
+    at = _time_to_db(intent.at, f"tenant {t.record.name}: intent.at")
+    return (t.record.name, intent.action.value, intent.guid, at)
+
+
+def _intent(row: sqlite3.Row) -> Intent:
+    return Intent(WriteAction(row["action"]), row["guid"], _required_time(row["at"]))
 
 
 def _journal_row(t: Transition) -> tuple[Any, ...]:

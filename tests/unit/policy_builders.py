@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mxwatch.model import (
+    AcceptedDomain,
+    AcceptedDomains,
     Connector,
     ConnectorLookup,
     DomainObservation,
@@ -22,6 +24,7 @@ from mxwatch.model import (
     Transition,
     Verdict,
 )
+from mxwatch.policy import Reads, Rules
 from mxwatch.providers import Provider
 from mxwatch.settings import PolicyConfig
 
@@ -29,6 +32,7 @@ T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 TENANT = "contoso"
 IDENTITY = "Mailprotector inbound"
 GUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+GAP = timedelta(minutes=8)  # the allowed gap of a 5-minute interval with 30 s of jitter
 
 FILTER_MX = MxRecord(10, "mx1.inbound.filter.example")
 FILTER_MX_2 = MxRecord(20, "mx2.inbound.filter.example")
@@ -47,8 +51,9 @@ M = Verdict.MIXED
 N = Verdict.NO_MX
 U = Verdict.UNKNOWN
 NOT_CUT_OVER = (D, M, N)
+NAMES = ("contoso.com", "contoso.net", "contoso.org", "contoso.de")
 
-_MX_FOR = {
+MX_FOR = {
     F: (FILTER_MX, FILTER_MX_2),
     D: (DIRECT_MX,),
     M: (FILTER_MX, DIRECT_MX),
@@ -65,6 +70,10 @@ def cfg(**overrides: Any) -> PolicyConfig:
     return PolicyConfig(**overrides)
 
 
+def rules(**overrides: Any) -> Rules:
+    return Rules(cfg(**overrides), GAP)
+
+
 def obs(
     verdict: Verdict,
     *,
@@ -72,10 +81,18 @@ def obs(
     ttl: int | None = 300,
     domain: str = "contoso.com",
     at: datetime = T0,
+    authoritative: bool = False,
 ) -> Observation:
     """One source's answer for a domain."""
     return Observation(
-        domain, source, verdict, _MX_FOR[verdict], ttl, f"{verdict.value} answer", at
+        domain,
+        source,
+        verdict,
+        MX_FOR[verdict],
+        ttl,
+        f"{verdict.value} answer",
+        at,
+        authoritative=authoritative,
     )
 
 
@@ -85,12 +102,13 @@ def dobs(
     domain: str = "contoso.com",
     ttl: int | None = 300,
     at: datetime = T0,
+    authoritative: bool = False,
 ) -> DomainObservation:
-    """A combined verdict for one domain in one cycle."""
+    """A combined verdict for one domain in one cycle, from one source."""
     ttl = None if verdict is U else ttl
-    source = obs(verdict, ttl=ttl, domain=domain, at=at)
+    source = obs(verdict, ttl=ttl, domain=domain, at=at, authoritative=authoritative)
     return DomainObservation(
-        domain, verdict, _MX_FOR[verdict], ttl, f"{verdict.value} answer", at, (source,)
+        domain, verdict, MX_FOR[verdict], ttl, f"{verdict.value} answer", at, (source,)
     )
 
 
@@ -98,29 +116,47 @@ def drec(
     domain: str,
     verdict: Verdict | None,
     *,
-    filtered_since: datetime | None = None,
+    since: datetime | None = None,
+    count: int | None = None,
+    at: datetime = T0,
+    misses: int = 0,
     old_ttl: int | None = None,
-    ttl: int | None = 300,
+    old_ttl_cached: int | None = None,
+    accepted: bool = False,
 ) -> DomainRecord:
-    """A stored domain record. A filtered domain defaults to filtered for the last two hours."""
-    if verdict is F and filtered_since is None:
-        filtered_since = T0 - timedelta(hours=2)
-    mx = _MX_FOR[verdict] if verdict is not None else ()
+    """A stored domain record observed at `at`. A filtered domain defaults to a streak of five
+    observations that started two hours ago, its latest one at `at`."""
+    filtered = verdict is F
     return DomainRecord(
         domain,
         verdict,
-        mx,
-        None if verdict in (None, U) else ttl,
-        T0 if verdict is not None else None,
-        filtered_since,
-        old_ttl,
+        MX_FOR[verdict] if verdict is not None else (),
+        None if verdict in (None, U) else 300,
+        at if verdict is not None else None,
+        filtered_since=(since or at - timedelta(hours=2)) if filtered else since,
+        filtered_count=(5 if count is None else count) if filtered else (count or 0),
+        filtered_at=at if filtered else None,
+        misses=misses,
+        old_ttl=old_ttl,
+        old_ttl_cached=old_ttl_cached,
+        accepted=accepted,
     )
 
 
 def domains(*verdicts: Verdict | None, old_ttl: int | None = 300) -> tuple[DomainRecord, ...]:
-    """Records for contoso.com, contoso.net, ... with the given verdicts."""
-    names = ("contoso.com", "contoso.net", "contoso.org", "contoso.de")
-    return tuple(drec(n, v, old_ttl=old_ttl) for n, v in zip(names, verdicts, strict=False))
+    """Records for contoso.com, contoso.net, ... with the given verdicts, observed at T0.
+
+    Filtered ones are eligible at T0 under the default policy (two hours filtered, first-hand
+    old TTL 300 s, so min_settle's 10 minutes decide); not-filtered ones have missed once.
+    """
+    return tuple(
+        drec(n, v, old_ttl=old_ttl, misses=1 if v in NOT_CUT_OVER else 0)
+        for n, v in zip(NAMES, verdicts, strict=False)
+    )
+
+
+def accepted(*names: str, subdomains: tuple[str, ...] = ()) -> AcceptedDomains:
+    return AcceptedDomains(tuple(AcceptedDomain(n, n in subdomains) for n in names))
 
 
 def connector(**overrides: Any) -> Connector:
@@ -164,6 +200,17 @@ def failure(kind: ErrorKind, message: str = "") -> ExchangeFailure:
         }[kind]
     )
     return ExchangeFailure(kind, text)
+
+
+def reads(
+    conn: ConnectorLookup | ExchangeFailure | None = None,
+    accepted_domains: AcceptedDomains | ExchangeFailure | None = None,
+) -> Reads:
+    """What a cycle read: by default a good connector and the accepted contoso.com/.net."""
+    return Reads(
+        found() if conn is None else conn,
+        accepted("contoso.com", "contoso.net") if accepted_domains is None else accepted_domains,
+    )
 
 
 def tenant(state: TenantState = TenantState.WAITING, **overrides: Any) -> TenantRecord:

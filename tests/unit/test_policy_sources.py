@@ -24,16 +24,17 @@ from mxwatch.model import (
     TenantState,
     Verdict,
 )
-from mxwatch.policy import Enable, decide, update_domains
+from mxwatch.policy import Enable, Rules, decide, update_domains
 from mxwatch.verdicts import combine_observations
 from tests.unit.policy_builders import (
     NOT_CUT_OVER,
     PROVIDER,
     T0,
     TENANT,
+    accepted,
     cfg,
-    found,
     obs,
+    reads,
 )
 
 F, D, M, N, U = (Verdict.FILTERED, Verdict.DIRECT, Verdict.MIXED, Verdict.NO_MX, Verdict.UNKNOWN)
@@ -125,7 +126,10 @@ def observations(cycle: Cycle, now: datetime) -> dict[str, DomainObservation]:
     for name, verdicts in zip(DOMAINS, cycle.sources, strict=False):
         labels = [RESOLVER, "192.0.2.54"] + [f"auth:ns{i}.{name}@198.51.100.{i}" for i in range(9)]
         per_source = [
-            replace(obs(v, source=label, domain=name, ttl=3600), checked_at=now)
+            replace(
+                obs(v, source=label, domain=name, ttl=3600, authoritative="auth:" in label),
+                checked_at=now,
+            )
             for v, label in zip(verdicts, labels, strict=False)
         ]
         result[name] = combine_observations(name, per_source, now)
@@ -136,31 +140,35 @@ def starting_tenant(settled: bool) -> tuple[TenantRecord, dict[str, DomainRecord
     """A fresh tenant, or one whose every domain was filtered for days and is about to enable."""
     if not settled:
         return TenantRecord(TENANT, connector_guid=None), {}
-    record = TenantRecord(
-        TENANT,
-        state=TenantState.SETTLING,
-        since=T0 - timedelta(days=3),
-        confirmations=10,
-        eligible_at=T0 - timedelta(days=1),
-    )
+    record = TenantRecord(TENANT, state=TenantState.SETTLING, since=T0 - timedelta(days=3))
     old = T0 - timedelta(days=3)
     domains = {
-        name: DomainRecord(name, F, (), 300, old, filtered_since=old, old_ttl=300)
+        name: DomainRecord(
+            name, F, (), 300, T0, old, filtered_count=10, filtered_at=T0, old_ttl=300
+        )
         for name in DOMAINS
     }
     return record, domains
 
 
 def run(cycle_list: Sequence[Cycle], settled: bool) -> list[Enable]:
-    """Feed the cycles through update_domains and decide; return every Enable asked for."""
+    """Feed the cycles through update_domains and decide, reading the connector whenever the
+    policy asks; return every Enable asked for."""
     record, stored = starting_tenant(settled)
-    config = cfg(confirmations=2, settle=timedelta(minutes=10))
+    # A day of allowed gap: this property is about sources, not about gaps in observation.
+    policy = Rules(cfg(confirmations=2, settle=timedelta(minutes=10)), timedelta(days=1))
     now, enables = T0, []
     for cycle in cycle_list:
         now += cycle.elapsed
-        updated, _ = update_domains(TENANT, stored, observations(cycle, now), now)
-        stored = {d.domain: d for d in updated}
-        decision = decide(TENANT, record, updated, found(), PROVIDER, config, now)
+        update = update_domains(TENANT, stored, observations(cycle, now), policy, now)
+        stored = {d.domain: d for d in update.records}
+        covered = [stored[name] for name in DOMAINS[: len(cycle.sources)]]
+        decision = decide(TENANT, record, covered, provider=PROVIDER, rules=policy, now=now)
+        if decision.needs_connector:
+            read = reads(accepted_domains=accepted(*(d.domain for d in covered)))
+            decision = decide(
+                TENANT, record, covered, provider=PROVIDER, rules=policy, now=now, reads=read
+            )
         enables += [a for a in decision.actions if isinstance(a, Enable)]
         record = decision.record
     return enables
