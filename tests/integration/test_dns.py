@@ -260,3 +260,24 @@ def test_one_observer_serves_several_event_loops(knot: KnotServer) -> None:
 
     assert first == second
     assert first["contoso.com"].verdict is Verdict.FILTERED
+
+
+async def test_concurrent_calls_share_the_slots_and_each_domain_its_budget(
+    knot: KnotServer,
+) -> None:
+    # The cycle calls observe_many once per tenant, all at once, on one observer. Here 1,500
+    # one-domain tenants queue behind one query slot, far longer than one domain's 0.6 s
+    # budget: each domain's budget must start at its turn, not when its tenant's call began.
+    count = 1500
+    knot.add_zone("tenants.test", records=[f"d{i} MX 10 {FILTER_IO}" for i in range(count)])
+    observer = DnsObserver(knot.dns_config(timeout=0.2), concurrency=1)
+    calls = [
+        observer.observe_many([(f"d{i}.tenants.test", MAILPROTECTOR)], NOW) for i in range(count)
+    ]
+
+    results = await asyncio.gather(*calls)
+
+    verdicts = [result[f"d{i}.tenants.test"].verdict for i, result in enumerate(results)]
+    assert verdicts == [Verdict.FILTERED] * count
+    assert observer.peak_in_flight == 1
+    assert observer.in_flight == 0
