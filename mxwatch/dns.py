@@ -5,17 +5,30 @@ Sources:
 - Each resolver in `config.resolvers` has its own dnspython resolver that knows exactly one
   nameserver (or, for "system", the ones in /etc/resolv.conf), so a failing source is reported
   as `unknown` instead of silently falling through to another one.
-- With `config.authoritative`, every address of every name server of the domain's zone is a
+- With `config.authoritative`, every address of the name servers of the domain's zone is a
   source too (`auth:ns1.example.com@192.0.2.53`), asked with RD off and trusted only with AA.
   A secondary that lags behind its primary still serves the old MX, and senders that happen
   to ask it still deliver directly, so it must hold the cutover back. The zone, its NS set and
-  the servers' addresses are found through the resolvers and cached for their TTLs.
+  the servers' addresses are found through the resolvers and cached for their TTLs. Only
+  these observations are `authoritative`: a resolver's TTL is what is left in its cache.
+
+Bounds, so that one hostile zone cannot stall the others:
+
+- NS hosts that share an address are one source, asked once and labelled by the first name
+  and how many more there are (`auth:ns1.example.com+2@192.0.2.53`).
+- At most `MAX_NS_HOSTS` name servers are resolved and `MAX_SERVER_ADDRESSES` addresses asked
+  per zone. A zone over either bound gets an `unknown` source that says so: a server left out
+  may be a lagging secondary still serving the old MX, so the domain cannot be `filtered`.
+- One domain's whole observation has `BUDGET_TIMEOUTS` x `config.timeout`; whatever has not
+  answered by then is `unknown`, its queries cancelled. The budget starts when the domain gets
+  one of the `concurrency` domain places, so queueing behind other tenants does not spend it.
 
 Odd data, decided here:
 
 - A CNAME at the domain is followed (RFC 5321 §5.1: senders use the MX of the target). An
-  authoritative server answers an out-of-zone target with the CNAME alone; the target's own
-  authoritative servers are then asked, as sources of this domain.
+  authoritative server speaks only for its own zone: once the chain leaves that zone, whatever
+  else the server put in its answer is ignored and the target's own authoritative servers are
+  asked, as sources of this domain.
 - An MX exchange that is itself a CNAME (forbidden by RFC 2181 §10.3) is classified by the name
   as written, as senders' MTAs mostly do, and the reason says so.
 - IP-literal exchanges never match a provider; names are compared lower case without the dot.
@@ -25,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -194,6 +208,17 @@ def _make_source(spec: ResolverSpec, lifetime: float) -> _Source:
 # --- authoritative servers -----------------------------------------------------------------
 
 MAX_CNAME_HOPS = 8
+# Real zones have two to a dozen name servers (the root has 13), each with an address or two
+# of each family: 16 hosts and 16 IPv4 addresses leave room for every honest zone, while a zone
+# over them costs at most 16 address lookups and 16 x 2 tries of MX queries before it is told
+# apart as `unknown`.
+MAX_NS_HOSTS = 16
+MAX_SERVER_ADDRESSES = 16
+# One domain's whole observation may take this many `dns.timeout`s: the zone cut, the NS set
+# and the addresses (each one lookup when the resolvers answer), then the servers asked at once
+# for one timeout. A CNAME to another zone needs one more round; a resolver that fails over to
+# the next one needs a timeout per lookup and makes the domain unknown anyway.
+BUDGET_TIMEOUTS = 3
 # Delegation data is looked up again after a day even when its TTL is longer, so a zone moved
 # to new name servers is noticed within a day.
 MAX_CACHE_SECONDS = 86400
@@ -208,16 +233,33 @@ class DelegationError(Exception):
 
 @dataclass(frozen=True)
 class AuthServer:
-    """One address of one name server of `zone`; `address` is None when it has none."""
+    """One address of the name servers `hosts` of `zone`; `address` is None when it has none."""
 
     zone: dns.name.Name
-    host: str
+    hosts: tuple[str, ...]
     address: str | None
     problem: str = ""
 
     @property
+    def host(self) -> str:
+        """The server as reasons name it."""
+        if len(self.hosts) == 1:
+            return self.hosts[0]
+        return f"{self.hosts[0]} (and {len(self.hosts) - 1} other NS names at {self.address})"
+
+    @property
     def label(self) -> str:
-        return f"auth:{self.host}@{self.address}" if self.address else f"auth:{self.host}"
+        name = self.hosts[0] + (f"+{len(self.hosts) - 1}" if len(self.hosts) > 1 else "")
+        return f"auth:{name}@{self.address}" if self.address else f"auth:{name}"
+
+
+@dataclass(frozen=True)
+class ZoneServers:
+    """The servers of one zone to ask, and what the bounds left out (as reasons)."""
+
+    zone: dns.name.Name
+    servers: tuple[AuthServer, ...]
+    left_out: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -227,20 +269,92 @@ class _Alias:
     target: dns.name.Name
 
 
+@dataclass(frozen=True)
+class _Ask:
+    """What every lookup for one domain's observation shares.
+
+    `followed` grows as the CNAME targets of the domain are followed (they are few and bounded).
+    """
+
+    domain: str
+    provider: Provider
+    now: datetime
+    deadline: float  # on the event loop's clock
+    followed: set[dns.name.Name] = dataclasses.field(default_factory=set)
+
+
+def zone_servers(
+    zone: dns.name.Name, hosts: Sequence[str], addresses: Mapping[str, tuple[str, ...] | str]
+) -> ZoneServers:
+    """The servers to ask: one per distinct address, within the bounds.
+
+    `hosts` is the zone's whole NS set; `addresses` has the addresses of the hosts that were
+    looked up, or why a host has none.
+    """
+    left_out = []
+    if len(hosts) > MAX_NS_HOSTS:
+        left_out.append(
+            f"{_text(zone)} has {len(hosts)} name servers; mxwatch asks at most "
+            f"{MAX_NS_HOSTS} per zone, so {len(hosts) - MAX_NS_HOSTS} were not asked"
+        )
+    sharing: dict[str, list[str]] = {}
+    unusable = []
+    for host, found in addresses.items():
+        if isinstance(found, str):
+            unusable.append(AuthServer(zone, (host,), None, found))
+            continue
+        for address in found:
+            sharing.setdefault(address, []).append(host)
+    ordered = sorted(sharing, key=ipaddress.ip_address)
+    if len(ordered) > MAX_SERVER_ADDRESSES:
+        left_out.append(
+            f"the name servers of {_text(zone)} have {len(ordered)} addresses; mxwatch asks at "
+            f"most {MAX_SERVER_ADDRESSES} per zone, so {len(ordered) - MAX_SERVER_ADDRESSES} "
+            "were not asked"
+        )
+    asked = [
+        AuthServer(zone, tuple(sorted(sharing[address])), address)
+        for address in ordered[:MAX_SERVER_ADDRESSES]
+    ]
+    return ZoneServers(zone, (*asked, *unusable), tuple(left_out))
+
+
+T = TypeVar("T")
 K = TypeVar("K")
 V = TypeVar("V")
+
+
+async def _before(deadline: float, work: Awaitable[T]) -> T | None:
+    """`work`'s result, or None when the loop's clock passes `deadline` first (work cancelled)."""
+    timeout = asyncio.timeout_at(deadline)
+    try:
+        async with timeout:
+            return await work
+    except TimeoutError:
+        if not timeout.expired():
+            raise
+        return None
+
+
+class _Load(Generic[V]):
+    """A lookup under way and how many callers wait for it."""
+
+    def __init__(self, task: asyncio.Task[V]) -> None:
+        self.task = task
+        self.waiters = 0
 
 
 class _TtlCache(Generic[K, V]):
     """Values kept until their DNS TTL runs out (by the caller's `now`), loaded once at a time.
 
     Concurrent lookups of one key share a single load, so a cycle over many domains of one
-    zone asks for its NS set once. Failures are not cached: the next cycle asks again.
+    zone asks for its NS set once; a load that every caller gave up on is cancelled, so it
+    holds no query slot. Failures are not cached: the next cycle asks again.
     """
 
     def __init__(self) -> None:
         self._entries: dict[K, tuple[V, datetime]] = {}
-        self._loading: dict[K, asyncio.Task[V]] = {}
+        self._loading: dict[K, _Load[V]] = {}
 
     def cached(self, key: K, now: datetime) -> tuple[bool, V | None]:
         """(True, value) when a fresh value is at hand, without awaiting anything."""
@@ -253,14 +367,18 @@ class _TtlCache(Generic[K, V]):
         hit, value = self.cached(key, now)
         if hit:
             return value  # type: ignore[return-value]  # V itself may include None
-        task = self._loading.get(key)
-        # A task belongs to its event loop; an observer may outlive a loop (see _limiter).
-        if task is None or task.get_loop() is not asyncio.get_running_loop():
-            task = asyncio.ensure_future(self._load(key, now, load))
-            self._loading[key] = task
-            task.add_done_callback(lambda done: self._forget(key, done))
-        # One caller being cancelled must not cancel the lookup the others wait for.
-        return await asyncio.shield(task)
+        loading = self._loading.get(key)
+        # A task belongs to its event loop; an observer may outlive a loop (see _limits).
+        if loading is None or loading.task.get_loop() is not asyncio.get_running_loop():
+            loading = _Load(asyncio.ensure_future(self._load(key, now, load)))
+            self._loading[key] = loading
+            loading.task.add_done_callback(lambda done: self._forget(key, done))
+        loading.waiters += 1
+        try:
+            # One caller being cancelled must not cancel the lookup the others wait for.
+            return await asyncio.shield(loading.task)
+        finally:
+            self._leave(key, loading)
 
     async def _load(self, key: K, now: datetime, load: Callable[[], Awaitable[tuple[V, int]]]) -> V:
         value, ttl = await load()
@@ -268,8 +386,16 @@ class _TtlCache(Generic[K, V]):
         self._entries[key] = (value, now + timedelta(seconds=seconds))
         return value
 
+    def _leave(self, key: K, loading: _Load[V]) -> None:
+        loading.waiters -= 1
+        if loading.waiters == 0 and not loading.task.done():
+            loading.task.cancel()
+            if self._loading.get(key) is loading:
+                del self._loading[key]  # the next caller starts afresh
+
     def _forget(self, key: K, done: asyncio.Task[V]) -> None:
-        if self._loading.get(key) is done:
+        loading = self._loading.get(key)
+        if loading is not None and loading.task is done:
             del self._loading[key]
         if not done.cancelled():
             done.exception()  # retrieved, so asyncio does not warn when every waiter left
@@ -281,22 +407,22 @@ def _find(
     return next((rrset for rrset in section if rrset.name == name and rrset.rdtype == rdtype), None)
 
 
-def _follow_cnames(response: dns.message.Message, name: dns.name.Name) -> dns.name.Name:
-    """The end of the CNAME chain starting at `name` within the answer section."""
+def _follow_cnames(
+    response: dns.message.Message, name: dns.name.Name, zone: dns.name.Name
+) -> dns.name.Name:
+    """The end of the CNAME chain from `name` in the answer section, or its first name outside
+    `zone`: a server is authoritative for its own zone only, so what it says of another zone's
+    names (their CNAMEs, their MX) is not taken from it."""
     current = name
     for _ in range(MAX_CNAME_HOPS):
+        if not current.is_subdomain(zone):
+            break
         rrset = _find(response.answer, current, dns.rdatatype.CNAME)
         targets = [rd.target for rd in rrset or () if isinstance(rd, CNAME)]
         if not targets:
             break
         current = targets[0]
     return current
-
-
-def _answers_for(response: dns.message.Message, name: dns.name.Name, zone: dns.name.Name) -> bool:
-    """Whether an authoritative NOERROR without MX is NODATA for `name` (not an alias exit)."""
-    has_soa = any(rrset.rdtype == dns.rdatatype.SOA for rrset in response.authority)
-    return name.is_subdomain(zone) and has_soa
 
 
 def _authoritative_answer(
@@ -317,17 +443,24 @@ def _authoritative_answer(
             f"{_text(server.zone)} (lame delegation)"
         )
         return unknown(domain, label, reason, now)
-    final = _follow_cnames(response, name)
+    final = _follow_cnames(response, name, server.zone)
+    if not final.is_subdomain(server.zone):
+        return _Alias(final)  # its rcode and records are for a name of another zone
     mx = _find(response.answer, final, dns.rdatatype.MX)
+    has_soa = any(rrset.rdtype == dns.rdatatype.SOA for rrset in response.authority)
     if rcode == dns.rcode.NXDOMAIN:
         observation = nxdomain(domain, label, _negative_ttl(response), now)
     elif mx is not None:
         observation = classify(domain, label, _mx_pairs(mx), provider, now, ttl=mx.ttl)
-    elif final != name and not _answers_for(response, final, server.zone):
-        return _Alias(final)
+    elif final != name and not has_soa:
+        return _Alias(final)  # a referral: the target is in a zone delegated from this one
     else:
         observation = classify(domain, label, (), provider, now, ttl=_negative_ttl(response))
     return _noted(observation, f"via CNAME to {_text(final)}") if final != name else observation
+
+
+def _from_server(observation: Observation) -> Observation:
+    return dataclasses.replace(observation, authoritative=True)
 
 
 def _zone_from_negative(
@@ -372,20 +505,33 @@ def _with_alias_notes(observation: Observation, aliases: Mapping[str, str]) -> O
 # --- the observer --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Limits:
+    """The slots of one event loop: queries in flight, and domains being observed."""
+
+    loop: asyncio.AbstractEventLoop
+    queries: asyncio.Semaphore
+    domains: asyncio.Semaphore
+
+
 class DnsObserver:
     """Looks up MX records from every source (resolvers, authoritative servers) and classifies
-    them. One observer is meant to live as long as the process: it caches delegations."""
+    them. One observer is meant to live as long as the process: it caches delegations.
+
+    Any number of `observe` and `observe_many` calls may run at once on one event loop: they
+    share `concurrency` query slots, and as many places for domains being observed.
+    """
 
     def __init__(self, config: DnsConfig, *, concurrency: int = 64) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self._lifetime = config.timeout.total_seconds()
+        self._budget = BUDGET_TIMEOUTS * self._lifetime
         self._sources = tuple(_make_source(spec, self._lifetime) for spec in config.resolvers)
         self._authoritative = config.authoritative
         self._auth_port = config.authoritative_port
         self._concurrency = concurrency
-        self._semaphore: asyncio.Semaphore | None = None
-        self._semaphore_loop: asyncio.AbstractEventLoop | None = None
+        self._limits_now: _Limits | None = None
         self._in_flight = 0
         self._peak_in_flight = 0
         self._queries: Counter[str] = Counter()
@@ -396,17 +542,19 @@ class DnsObserver:
 
     @property
     def in_flight(self) -> int:
-        """Queries being asked right now (for health and metrics)."""
+        """Queries holding a slot right now; read by the tests (0 once all is done)."""
         return self._in_flight
 
     @property
     def peak_in_flight(self) -> int:
-        """The most queries ever in flight at once; never above `concurrency`."""
+        """The most queries ever in flight at once; read by the tests (never above
+        `concurrency`)."""
         return self._peak_in_flight
 
     @property
     def query_counts(self) -> Mapping[str, int]:
-        """Lookups asked so far, by kind (for metrics, and to see what the caches save).
+        """Lookups asked so far, by kind; read by the tests, to see what the caches save and
+        that the bounds hold.
 
         Kinds: "mx" (a resolver source), "soa", "ns", "a" (finding authoritative servers),
         "cname" (is an MX exchange an alias?), "auth_mx" (one query to one authoritative
@@ -415,21 +563,18 @@ class DnsObserver:
         return dict(self._queries)
 
     async def observe(self, domain: str, provider: Provider, now: datetime) -> DomainObservation:
-        """Ask every source about one domain and combine the answers."""
+        """Ask every source about one domain and combine the answers, within the budget."""
         try:
             name = dns.name.from_text(normalise_name(domain))
         except (BadName, dns.exception.DNSException) as exc:
             reason = f"not a valid domain name: {exc}"
             return combine_observations(domain, [unknown(domain, "config", reason, now)], now)
-        resolving = self._observe_sources(domain, name, provider, now)
-        if self._authoritative:
-            resolved, authoritative = await asyncio.gather(
-                resolving, self._observe_authoritative(domain, name, provider, now)
-            )
-        else:  # no gather (and no task) per domain when there is nothing to run alongside
-            resolved, authoritative = await resolving, []
-        observations = await self._note_alias_exchanges([*resolved, *authoritative], now)
-        return combine_observations(domain, observations, now)
+        # The budget starts once the domain has a place: waiting behind other tenants' domains
+        # must not spend it.
+        async with self._limits().domains:
+            deadline = asyncio.get_running_loop().time() + self._budget
+            ask = _Ask(domain, provider, now, deadline)
+            return await self._observe_name(ask, name)
 
     async def observe_many(
         self, requests: Sequence[tuple[str, Provider]], now: datetime
@@ -452,35 +597,43 @@ class DnsObserver:
         await asyncio.gather(*(worker() for _ in range(workers)))
         return results
 
-    # --- resolver sources ------------------------------------------------------------------
+    async def _observe_name(self, ask: _Ask, name: dns.name.Name) -> DomainObservation:
+        resolving = self._observe_sources(ask, name)
+        if self._authoritative:
+            resolved, authoritative = await asyncio.gather(
+                resolving, self._ask_zone_servers(ask, name, (name,))
+            )
+        else:  # no gather (and no task) per domain when there is nothing to run alongside
+            resolved, authoritative = await resolving, []
+        observations = [*resolved, *authoritative]
+        # The notes change no verdict: past the budget, the observations go without them.
+        noted = await _before(ask.deadline, self._note_alias_exchanges(observations, ask.now))
+        return combine_observations(ask.domain, observations if noted is None else noted, ask.now)
 
-    async def _observe_sources(
-        self, domain: str, name: dns.name.Name, provider: Provider, now: datetime
-    ) -> list[Observation]:
-        if len(self._sources) == 1:
-            return [await self._observe_source(self._sources[0], domain, name, provider, now)]
-        return await asyncio.gather(
-            *(self._observe_source(s, domain, name, provider, now) for s in self._sources)
+    def _out_of_time(self) -> str:
+        return (
+            f"no answer within the {_seconds(self._budget)} budget for one domain "
+            f"({BUDGET_TIMEOUTS} x dns.timeout)"
         )
 
-    async def _observe_source(
-        self,
-        source: _Source,
-        domain: str,
-        name: dns.name.Name,
-        provider: Provider,
-        now: datetime,
-    ) -> Observation:
+    # --- resolver sources ------------------------------------------------------------------
+
+    async def _observe_sources(self, ask: _Ask, name: dns.name.Name) -> list[Observation]:
+        if len(self._sources) == 1:
+            return [await self._observe_source(self._sources[0], ask, name)]
+        return await asyncio.gather(*(self._observe_source(s, ask, name) for s in self._sources))
+
+    async def _observe_source(self, source: _Source, ask: _Ask, name: dns.name.Name) -> Observation:
         if source.resolver is None:
-            return unknown(domain, source.label, source.problem, now)
+            return unknown(ask.domain, source.label, source.problem, ask.now)
         self._queries["mx"] += 1
-        async with self._slot():
-            observation = await self._lookup(
-                source.label, source.resolver, domain, name, provider, now
-            )
+        looking_up = self._lookup(source.label, source.resolver, ask, name)
+        observation = await _before(ask.deadline, looking_up)
+        if observation is None:
+            observation = unknown(ask.domain, source.label, self._out_of_time(), ask.now)
         log.debug(
             "dns_answer",
-            domain=domain,
+            domain=ask.domain,
             source=source.label,
             verdict=str(observation.verdict),
             reason=observation.reason,
@@ -488,81 +641,79 @@ class DnsObserver:
         return observation
 
     async def _lookup(
-        self,
-        label: str,
-        resolver: dns.asyncresolver.Resolver,
-        domain: str,
-        name: dns.name.Name,
-        provider: Provider,
-        now: datetime,
+        self, label: str, resolver: dns.asyncresolver.Resolver, ask: _Ask, name: dns.name.Name
     ) -> Observation:
         try:
-            answer = await resolver.resolve(
-                name, dns.rdatatype.MX, raise_on_no_answer=False, search=False
-            )
+            async with self._slot():
+                answer = await resolver.resolve(
+                    name, dns.rdatatype.MX, raise_on_no_answer=False, search=False
+                )
         except (dns.exception.DNSException, OSError, EOFError) as exc:
-            return _failed(domain, label, exc, self._lifetime, now)
-        return _answered(domain, label, answer, provider, now)
+            return _failed(ask.domain, label, exc, self._lifetime, ask.now)
+        return _answered(ask.domain, label, answer, ask.provider, ask.now)
 
     # --- authoritative sources -------------------------------------------------------------
 
-    async def _observe_authoritative(
-        self, domain: str, name: dns.name.Name, provider: Provider, now: datetime
-    ) -> list[Observation]:
-        if not self._authoritative:
-            return []
-        return await self._ask_zone_servers(domain, name, provider, now, hops=0)
-
     async def _ask_zone_servers(
-        self, domain: str, name: dns.name.Name, provider: Provider, now: datetime, hops: int
+        self, ask: _Ask, name: dns.name.Name, chain: tuple[dns.name.Name, ...]
     ) -> list[Observation]:
-        """Every server address of the zone holding `name` is a source for `domain`."""
-        try:
-            servers = await self._servers_of(name, now)
-        except DelegationError as exc:
-            reason = f"authoritative servers of {_text(name)} not found: {exc}"
-            return [unknown(domain, "auth", reason, now)]
-        answers = await asyncio.gather(
-            *(self._ask_server(server, domain, name, provider, now) for server in servers)
-        )
-        observations = [answer for answer in answers if isinstance(answer, Observation)]
+        """Every server address of the zone holding `name` (within the bounds) is a source for
+        the domain; `chain` is the domain and the CNAME targets that led to `name`."""
+        found = await self._zone_servers_of(ask, name)
+        if isinstance(found, str):
+            reason = f"authoritative servers of {_text(name)} not found: {found}"
+            return [unknown(ask.domain, "auth", reason, ask.now)]
+        answers = await asyncio.gather(*(self._ask_server(s, ask, name) for s in found.servers))
+        observations = [unknown(ask.domain, "auth", reason, ask.now) for reason in found.left_out]
+        observations += [_from_server(a) for a in answers if isinstance(a, Observation)]
         targets = dict.fromkeys(answer.target for answer in answers if isinstance(answer, _Alias))
         for target in targets:
-            observations += await self._follow_alias(domain, name, target, provider, now, hops)
+            observations += await self._follow_alias(ask, target, chain)
         return observations
 
+    async def _zone_servers_of(self, ask: _Ask, name: dns.name.Name) -> ZoneServers | str:
+        """The servers of the zone holding `name`, or why they are not known."""
+        try:
+            found = await _before(ask.deadline, self._servers_of(name, ask.now))
+        except DelegationError as exc:
+            return str(exc)
+        return found or self._out_of_time()
+
     async def _follow_alias(
-        self,
-        domain: str,
-        name: dns.name.Name,
-        target: dns.name.Name,
-        provider: Provider,
-        now: datetime,
-        hops: int,
+        self, ask: _Ask, target: dns.name.Name, chain: tuple[dns.name.Name, ...]
     ) -> list[Observation]:
         """The target's own servers stand in for the servers that answered with the CNAME."""
-        note = f"via CNAME {_text(name)} to {_text(target)}"
-        if hops + 1 >= MAX_CNAME_HOPS:
-            reason = f"CNAME chain longer than {MAX_CNAME_HOPS} ({note})"
-            return [unknown(domain, "auth", reason, now)]
-        chased = await self._ask_zone_servers(domain, target, provider, now, hops + 1)
+        note = f"via CNAME {_text(chain[-1])} to {_text(target)}"
+        if target in chain:
+            return [unknown(ask.domain, "auth", f"CNAME loop ({note})", ask.now)]
+        if target in ask.followed:
+            return []  # servers that disagree on the target: its servers are asked already
+        if len(ask.followed) >= MAX_CNAME_HOPS:
+            reason = f"more than {MAX_CNAME_HOPS} CNAME targets to follow ({note})"
+            return [unknown(ask.domain, "auth", reason, ask.now)]
+        ask.followed.add(target)
+        chased = await self._ask_zone_servers(ask, target, (*chain, target))
         return [_noted(observation, note) for observation in chased]
 
     async def _ask_server(
-        self,
-        server: AuthServer,
-        domain: str,
-        name: dns.name.Name,
-        provider: Provider,
-        now: datetime,
+        self, server: AuthServer, ask: _Ask, name: dns.name.Name
     ) -> Observation | _Alias:
         if server.address is None:
-            return unknown(domain, server.label, f"cannot ask {server.host}: {server.problem}", now)
+            reason = f"cannot ask {server.host}: {server.problem}"
+            return unknown(ask.domain, server.label, reason, ask.now)
+        answer = await _before(ask.deadline, self._query_server(server, server.address, ask, name))
+        if answer is None:
+            return unknown(ask.domain, server.label, self._out_of_time(), ask.now)
+        return answer
+
+    async def _query_server(
+        self, server: AuthServer, address: str, ask: _Ask, name: dns.name.Name
+    ) -> Observation | _Alias:
         try:
-            response = await self._query_authority(server.address, name)
+            response = await self._query_authority(address, name)
         except (dns.exception.DNSException, OSError, EOFError) as exc:
-            return unknown(domain, server.label, _failure_text(exc, self._lifetime), now)
-        return _authoritative_answer(domain, server, name, response, provider, now)
+            return unknown(ask.domain, server.label, _failure_text(exc, self._lifetime), ask.now)
+        return _authoritative_answer(ask.domain, server, name, response, ask.provider, ask.now)
 
     async def _query_authority(self, address: str, name: dns.name.Name) -> dns.message.Message:
         query = dns.message.make_query(name, dns.rdatatype.MX, use_edns=0, payload=_EDNS_PAYLOAD)
@@ -593,22 +744,20 @@ class DnsObserver:
 
     # --- finding the authoritative servers (through the resolvers, cached) -----------------
 
-    async def _servers_of(self, name: dns.name.Name, now: datetime) -> tuple[AuthServer, ...]:
+    async def _servers_of(self, name: dns.name.Name, now: datetime) -> ZoneServers:
         zone = await self._zones.get(name, now, lambda: self._find_zone(name))
         hosts = await self._nameservers.get(zone, now, lambda: self._find_nameservers(zone))
-        groups = await asyncio.gather(*(self._host_servers(zone, host, now) for host in hosts))
-        return tuple(server for group in groups for server in group)
+        looked_up = hosts[:MAX_NS_HOSTS]
+        found = await asyncio.gather(*(self._host_addresses(host, now) for host in looked_up))
+        return zone_servers(zone, hosts, dict(zip(looked_up, found, strict=True)))
 
-    async def _host_servers(
-        self, zone: dns.name.Name, host: str, now: datetime
-    ) -> list[AuthServer]:
+    async def _host_addresses(self, host: str, now: datetime) -> tuple[str, ...] | str:
+        """The host's addresses, or why it has none."""
         try:
-            addresses = await self._addresses.get(host, now, lambda: self._find_addresses(host))
+            found = await self._addresses.get(host, now, lambda: self._find_addresses(host))
         except DelegationError as exc:
-            return [AuthServer(zone, host, None, str(exc))]
-        if not addresses:
-            return [AuthServer(zone, host, None, "it has no IPv4 address")]
-        return [AuthServer(zone, host, address) for address in addresses]
+            return str(exc)
+        return found or "it has no IPv4 address"
 
     async def _find_zone(self, name: dns.name.Name) -> tuple[dns.name.Name, int]:
         """Walk up from `name` until an SOA answer shows which zone holds it."""
@@ -716,7 +865,7 @@ class DnsObserver:
     @asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
         """Hold one of the `concurrency` query slots shared by every lookup of this observer."""
-        async with self._limiter():
+        async with self._limits().queries:
             self._in_flight += 1
             self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
             try:
@@ -724,11 +873,11 @@ class DnsObserver:
             finally:
                 self._in_flight -= 1
 
-    def _limiter(self) -> asyncio.Semaphore:
+    def _limits(self) -> _Limits:
         # A semaphore belongs to the loop it was first used on; `--once` and tests may run
         # this observer under more than one loop over its life.
         loop = asyncio.get_running_loop()
-        if self._semaphore is None or self._semaphore_loop is not loop:
-            self._semaphore = asyncio.Semaphore(self._concurrency)
-            self._semaphore_loop = loop
-        return self._semaphore
+        if self._limits_now is None or self._limits_now.loop is not loop:
+            slots = self._concurrency
+            self._limits_now = _Limits(loop, asyncio.Semaphore(slots), asyncio.Semaphore(slots))
+        return self._limits_now

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 from mxwatch.dns import DnsObserver
 from mxwatch.model import DomainObservation, MxRecord, Verdict
 from mxwatch.providers import MAILPROTECTOR
-from mxwatch.settings import DnsConfig
+from mxwatch.settings import DnsConfig, ResolverSpec
+from tests.fixtures.bad_dns import BadDns
 from tests.fixtures.knot import (  # noqa: F401 (fixtures)
     REFUSED_DOMAIN,
     KnotServer,
@@ -260,3 +261,35 @@ def test_one_observer_serves_several_event_loops(knot: KnotServer) -> None:
 
     assert first == second
     assert first["contoso.com"].verdict is Verdict.FILTERED
+
+
+async def test_concurrent_calls_share_the_slots_and_each_domain_its_budget(
+    knot: KnotServer,
+) -> None:
+    # The cycle calls observe_many once per tenant, all at once, on one observer. Here 100
+    # one-domain tenants queue behind one query slot and a resolver taking 40 ms an answer:
+    # 4 s in all, past one domain's 3 s budget. Each domain's budget must start at its turn,
+    # not when its tenant's call began.
+    count = 100
+    knot.add_zone("tenants.test", records=[f"d{i} MX 10 {FILTER_IO}" for i in range(count)])
+    # Whether the exchange is an alias is then asked once and cached (NODATA), not per domain.
+    knot.add_zone("inbound.emailservice.io", records=["mx1 A 192.0.2.25"])
+    with BadDns(upstream=(knot.address, knot.port)) as slow:
+        slow.delay = 0.04
+        config = DnsConfig(
+            resolvers=(ResolverSpec("slow", slow.address, slow.port),),
+            authoritative=False,
+            timeout=timedelta(seconds=1),
+        )
+        observer = DnsObserver(config, concurrency=1)
+        calls = [
+            observer.observe_many([(f"d{i}.tenants.test", MAILPROTECTOR)], NOW)
+            for i in range(count)
+        ]
+
+        results = await asyncio.gather(*calls)
+
+    verdicts = [result[f"d{i}.tenants.test"].verdict for i, result in enumerate(results)]
+    assert verdicts == [Verdict.FILTERED] * count
+    assert observer.peak_in_flight == 1
+    assert observer.in_flight == 0

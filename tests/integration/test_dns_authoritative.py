@@ -204,3 +204,17 @@ async def test_authoritative_off_asks_only_the_resolvers(auth_lab: AuthLab) -> N
     assert result.verdict is Verdict.FILTERED  # the lagging secondary is not asked
     assert list(by_source(result)) == ["resolver"]
     assert "auth_mx" not in observer.query_counts
+
+
+async def test_only_the_servers_asked_directly_are_authoritative(auth_lab: AuthLab) -> None:
+    # The resolver's TTL is what is left in its cache; the servers' is the record's own.
+    auth_lab.add_zone("flag.test", mx=[(0, MICROSOFT)], ttl=7200, resolver_ttl=95, down=True)
+
+    result = await observe(auth_lab, "flag.test", timeout=0.4)
+
+    assert {o.source: (o.authoritative, o.ttl) for o in result.sources} == {
+        "resolver": (False, 95),
+        f"auth:ns1.flag.test@{LAB_PRIMARY}": (True, 7200),
+        f"auth:ns2.flag.test@{LAB_SECONDARY}": (True, 7200),
+        f"auth:ns4.flag.test@{LAB_DOWN}": (True, None),  # asked, never answered
+    }

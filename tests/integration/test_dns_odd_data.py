@@ -15,12 +15,14 @@ from mxwatch.model import DomainObservation, MxRecord, Observation, Verdict
 from mxwatch.names import normalise_name
 from mxwatch.providers import MAILPROTECTOR
 from mxwatch.verdicts import combine_observations
+from tests.fixtures.bad_dns import BadDns
 from tests.fixtures.knot import AuthLab
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 FILTER = "mx1.inbound.emailservice.io."
 FILTER_2 = "mx2.inbound.emailservice.cc."
 MICROSOFT = "contoso-com.mail.protection.outlook.com."
+FORGER = "127.0.0.6"  # a misbehaving server of its own, at the lab's port
 
 
 @pytest.fixture(params=["resolver", "authoritative"])
@@ -78,6 +80,37 @@ async def test_cname_to_another_zone_asks_the_target_zones_servers(auth_lab: Aut
     )
     combined = combine_observations("mail.alias.test", list(by_source.values()), NOW)
     assert combined.verdict is Verdict.FILTERED
+
+
+async def test_records_of_another_zone_are_taken_only_from_its_own_servers(
+    auth_lab: AuthLab,
+) -> None:
+    # forger.test's server answers for mail.realtarget.test too: with the AA flag, a forged
+    # filter MX after the CNAME. Only realtarget.test's own servers may say what its MX is.
+    auth_lab.add_zone("realtarget.test", records=[f"mail MX 0 {MICROSOFT}"])
+    alias = ["mail CNAME mail.realtarget.test."]
+    auth_lab.add_delegated_zone("forger.test", [("ns1", FORGER)], records=alias)
+
+    with BadDns(mode="forge", address=FORGER, port=auth_lab.port) as forger:
+        forger.forged = (
+            "mail.forger.test. 300 CNAME mail.realtarget.test.",
+            f"mail.realtarget.test. 300 MX 10 {FILTER}",
+        )
+        result, _ = await observe(auth_lab, "authoritative", "mail.forger.test")
+        asked = forger.count("forge")
+
+    assert asked >= 1
+    by_source = {o.source: o for o in auth_sources(result)}
+    assert set(by_source) == {
+        "auth:ns1.realtarget.test@127.0.0.2",
+        "auth:ns2.realtarget.test@127.0.0.3",
+    }
+    assert {o.mx for o in by_source.values()} == {
+        (MxRecord(0, "contoso-com.mail.protection.outlook.com"),)
+    }
+    assert all(o.authoritative for o in by_source.values())
+    assert result.verdict is Verdict.DIRECT
+    assert all(MxRecord(10, FILTER.rstrip(".")) not in o.mx for o in result.sources)
 
 
 async def test_exchange_that_is_a_cname_is_classified_as_written(

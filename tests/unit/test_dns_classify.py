@@ -16,12 +16,15 @@ from dns.message import Message
 from dns.resolver import ErrorTuple
 
 from mxwatch.dns import (
+    MAX_NS_HOSTS,
+    MAX_SERVER_ADDRESSES,
     AuthServer,
     DelegationError,
     _Alias,
     _authoritative_answer,
     _failure_reason,
     _TtlCache,
+    zone_servers,
 )
 from mxwatch.model import MxRecord, Observation, Verdict
 from mxwatch.providers import MAILPROTECTOR, Provider
@@ -158,7 +161,7 @@ def test_failure_reasons_name_the_server_and_the_fault() -> None:
 # --- authoritative answers and the delegation cache -----------------------------------------
 
 ZONE = dns.name.from_text("contoso.com")
-SERVER = AuthServer(ZONE, "ns1.contoso.com", "192.0.2.53")
+SERVER = AuthServer(ZONE, ("ns1.contoso.com",), "192.0.2.53")
 
 
 def auth_response(
@@ -204,6 +207,48 @@ def test_cname_out_of_the_zone_is_followed_elsewhere() -> None:
     assert result == _Alias(dns.name.from_text("mail.example.net"))
 
 
+@pytest.mark.parametrize(
+    ("answer", "rcode"),
+    [
+        # A forged MX for the target, or the target declared nonexistent, by a server that
+        # is not the target zone's: neither is taken, the target's own servers are asked.
+        (
+            ("contoso.com. 300 CNAME mail.example.net.", f"mail.example.net. 300 MX 10 {FILTER_1}"),
+            dns.rcode.NOERROR,
+        ),
+        (("contoso.com. 300 CNAME mail.example.net.",), dns.rcode.NXDOMAIN),
+        # In the zone first, then out: the exit is the first name outside the zone.
+        (
+            (
+                "contoso.com. 300 CNAME mail.contoso.com.",
+                "mail.contoso.com. 300 CNAME mail.example.net.",
+                "mail.example.net. 300 CNAME other.example.net.",
+                f"other.example.net. 300 MX 10 {FILTER_1}",
+            ),
+            dns.rcode.NOERROR,
+        ),
+    ],
+)
+def test_a_cname_chain_leaving_the_zone_ends_the_servers_say(
+    answer: tuple[str, ...], rcode: dns.rcode.Rcode
+) -> None:
+    assert judge(auth_response(*answer, rcode=rcode)) == _Alias(
+        dns.name.from_text("mail.example.net")
+    )
+
+
+def test_a_cname_chain_within_the_zone_is_the_servers_to_give() -> None:
+    result = judge(
+        auth_response(
+            "contoso.com. 300 CNAME mail.contoso.com.",
+            f"mail.contoso.com. 600 MX 10 {FILTER_1}",
+        )
+    )
+    assert isinstance(result, Observation)
+    assert (result.verdict, result.ttl) == (Verdict.FILTERED, 600)
+    assert result.reason.endswith("(via CNAME to mail.contoso.com)")
+
+
 def test_nxdomain_is_no_mx() -> None:
     result = judge(auth_response(rcode=dns.rcode.NXDOMAIN))
     assert isinstance(result, Observation)
@@ -240,3 +285,77 @@ async def test_cache_does_not_keep_failures() -> None:
     with pytest.raises(DelegationError):
         await cache.get("k", NOW, fail)
     assert await cache.get("k", NOW, succeed) == 7
+
+
+async def test_cache_cancels_a_load_once_every_caller_gave_up() -> None:
+    cache: _TtlCache[str, int] = _TtlCache()
+    started = asyncio.Event()
+    load_cancelled = asyncio.Event()
+
+    async def never() -> tuple[int, int]:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            load_cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    async def quick() -> tuple[int, int]:
+        return 7, 60
+
+    first = asyncio.ensure_future(cache.get("k", NOW, never))
+    second = asyncio.ensure_future(cache.get("k", NOW, never))
+    await started.wait()
+    first.cancel()
+    await asyncio.sleep(0)
+    assert not load_cancelled.is_set()  # the second caller still waits for it
+    second.cancel()
+    await asyncio.wait_for(load_cancelled.wait(), timeout=5)
+    assert await cache.get("k", NOW, quick) == 7  # a fresh load, not the cancelled one
+
+
+# --- the servers asked for one zone ---------------------------------------------------------
+
+
+def test_name_servers_sharing_an_address_are_one_source() -> None:
+    found = {
+        "ns1.contoso.com": ("192.0.2.1",),
+        "ns2.contoso.com": ("192.0.2.1", "192.0.2.10"),
+        "ns3.contoso.com": ("192.0.2.1",),
+        "ns4.contoso.com": "name server ns4.contoso.com does not exist (NXDOMAIN)",
+    }
+
+    servers = zone_servers(ZONE, sorted(found), found)
+
+    assert servers.left_out == ()
+    assert [s.label for s in servers.servers] == [
+        "auth:ns1.contoso.com+2@192.0.2.1",
+        "auth:ns2.contoso.com@192.0.2.10",
+        "auth:ns4.contoso.com",
+    ]
+    shared = servers.servers[0]
+    assert shared.hosts == ("ns1.contoso.com", "ns2.contoso.com", "ns3.contoso.com")
+    assert shared.host == "ns1.contoso.com (and 2 other NS names at 192.0.2.1)"
+    assert servers.servers[2].problem.endswith("(NXDOMAIN)")
+
+
+def test_name_servers_beyond_the_bounds_are_named() -> None:
+    hosts = [f"ns{i:02d}.contoso.com" for i in range(40)]
+    # The hosts looked up (the first 16) have 3 addresses each, 48 in all.
+    found: dict[str, tuple[str, ...] | str] = {
+        host: tuple(f"198.51.100.{3 * i + k}" for k in range(3))
+        for i, host in enumerate(hosts[:MAX_NS_HOSTS])
+    }
+
+    servers = zone_servers(ZONE, hosts, found)
+
+    assert servers.left_out == (
+        f"contoso.com has 40 name servers; mxwatch asks at most {MAX_NS_HOSTS} per zone, "
+        f"so {40 - MAX_NS_HOSTS} were not asked",
+        f"the name servers of contoso.com have 48 addresses; mxwatch asks at most "
+        f"{MAX_SERVER_ADDRESSES} per zone, so {48 - MAX_SERVER_ADDRESSES} were not asked",
+    )
+    assert len(servers.servers) == MAX_SERVER_ADDRESSES
+    # Numeric order, so the choice is stable: 198.51.100.0 to .15, not .0, .1, .10, .11 ...
+    assert servers.servers[-1].address == "198.51.100.15"
