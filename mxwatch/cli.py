@@ -13,15 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, daemon, health, logs
-from .config import (
-    ConfigError,
-    credential_refs,
-    default_config_path,
-    exposed_secret_files,
-    load_config,
-)
+from .config import ConfigError, default_config_path, load_config
+from .credentials import check_credential, credential_refs, exposed_secret_files
 from .cycle import DEFAULT_LOCK_WAIT
-from .exchange import check_credential
 from .settings import Config
 from .store import Store, StoredTenant, StoreError
 
@@ -173,9 +167,7 @@ def _printable(text: str) -> str:
 
 
 def _check_config(config: Config) -> int:
-    problems = [
-        f"{key}: {p}" for key, ref in credential_refs(config) for p in check_credential(ref)
-    ]
+    problems = [problem for ref in credential_refs(config) for problem in check_credential(ref)]
     ca_bundle = config.exchange.ca_bundle
     if ca_bundle is not None and not ca_bundle.is_file():
         problems.append(f"exchange.ca_bundle: {ca_bundle} is not a file")
@@ -198,18 +190,22 @@ def _status(config: Config, *, as_json: bool) -> int:
         print(json.dumps(document, indent=2))
         return EXIT_OK
     for tenant in document["tenants"]:
-        print(_tenant_line(tenant))
+        _print_line(
+            f"{tenant['name']}  {tenant['state']}  since {tenant['since']}  ({tenant['reason']})"
+        )
+        if tenant["eligible_at"]:
+            _print_line(f"    eligible at {tenant['eligible_at']}: {tenant['eligible_reason']}")
         for domain in tenant["domains"]:
             mx = ", ".join(f"{m['preference']} {m['exchange']}" for m in domain["mx"]) or "-"
-            print(f"    {domain['domain']:<30} {domain['verdict'] or '-':<9} {mx}")
+            _print_line(f"    {domain['domain']:<30} {domain['verdict'] or '-':<9} {mx}")
     return EXIT_OK
 
 
-def _tenant_line(tenant: dict[str, Any]) -> str:
-    line = f"{tenant['name']}  {tenant['state']}  since {tenant['since']}  ({tenant['reason']})"
-    if tenant["eligible_at"]:
-        line += f"\n    eligible at {tenant['eligible_at']}: {tenant['eligible_reason']}"
-    return line
+def _print_line(line: str) -> None:
+    """One line of human output. Reasons, MX hosts and names come from the admin API and DNS,
+    so control characters are escaped: one line stays one line, and nothing drives the
+    terminal."""
+    print(_printable(line))
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -266,7 +262,7 @@ def _history(config: Config, tenant: str | None, limit: int | None, *, as_json: 
             )
             continue
         subject = f"{entry.tenant}/{entry.domain}" if entry.domain else entry.tenant
-        print(
+        _print_line(
             f"{_iso(entry.at)}  {subject}  {entry.from_state or '-'} -> {entry.to_state}"
             f"  {entry.reason}"
         )

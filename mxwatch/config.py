@@ -21,10 +21,8 @@ import difflib
 import ipaddress
 import os
 import re
-import stat
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -112,6 +110,17 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError("is too large") from None
 
 
+def duration_text(duration: timedelta) -> str:
+    """A duration as the config file writes it: timedelta(hours=1, minutes=30) -> "1h30m"."""
+    rest = int(duration.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
 def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Config:
     """Read, validate and convert a config file; raise ConfigError listing every problem.
 
@@ -131,60 +140,6 @@ def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Conf
     if problems or document is None:
         raise ConfigError(sorted(problems, key=_document_order))
     return _build(path, document)
-
-
-def credential_refs(config: Config) -> list[tuple[str, CredentialRef]]:
-    """Each distinct credential reference with the key path it comes from (for check-config)."""
-    refs: list[tuple[str, CredentialRef]] = []
-    seen: set[CredentialRef] = set()
-    for index, tenant in enumerate(config.tenants):
-        ref = tenant.credential
-        if ref in seen:
-            continue
-        seen.add(ref)
-        where = "exchange" if ref == config.exchange.credential else f"tenant[{index}]"
-        refs.append((f"{where}.{_CREDENTIAL_KEY_OF[type(ref)]}", ref))
-    return refs
-
-
-_CREDENTIAL_KEY_OF: dict[type, str] = {
-    CertificateRef: "certificate",
-    SecretFileRef: "client_secret_file",
-    SecretEnvRef: "client_secret_env",
-}
-
-
-@dataclass(frozen=True)
-class ExposedSecretFile:
-    """A certificate or client secret file that every user of the machine may read."""
-
-    key: str  # the key path it comes from, e.g. "tenant[2].client_secret_file"
-    path: Path
-    mode: int  # the permission bits, e.g. 0o644
-
-    def message(self) -> str:
-        return (
-            f"{self.key}: {self.path} is readable by every user (mode {self.mode:04o}); "
-            f"it holds a secret: chmod o-rwx it (0600, or 0640 for a group)"
-        )
-
-
-def exposed_secret_files(config: Config) -> list[ExposedSecretFile]:
-    """Credential files readable by others: a warning, not an error (the file still works).
-
-    A file that cannot be inspected is left to check_credential, which reports it as a problem.
-    """
-    exposed = []
-    for key, ref in credential_refs(config):
-        if isinstance(ref, SecretEnvRef):
-            continue
-        try:
-            mode = ref.path.stat().st_mode
-        except OSError:
-            continue
-        if stat.S_ISREG(mode) and mode & stat.S_IROTH:
-            exposed.append(ExposedSecretFile(key, ref.path, stat.S_IMODE(mode)))
-    return exposed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,6 +178,17 @@ def _positive_duration(value: object) -> timedelta:
     if duration <= timedelta(0):
         raise ValueError(f"must be greater than zero, {DURATION_FORM}")
     return duration
+
+
+def _at_most(limit: timedelta) -> AfterValidator:
+    """An upper bound for a duration key (settle's "auto", None, passes)."""
+
+    def check(value: timedelta | None) -> timedelta | None:
+        if value is not None and value > limit:
+            raise ValueError(f"must be at most {duration_text(limit)}")
+        return value
+
+    return AfterValidator(check)
 
 
 def _settle(value: object) -> timedelta | None:
@@ -389,10 +355,20 @@ def _path(value: object, info: ValidationInfo) -> Path:
     def expand(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(2)
         if not env.get(name):
-            raise ValueError(f"refers to ${name}, which is not set in the environment")
+            raise ValueError(_unset_variable(name, info.field_name))
         return env[name]
 
     return base / _ENV_REF_RE.sub(expand, value)
+
+
+def _unset_variable(name: str, key: str | None) -> str:
+    if key in _CREDENTIAL_KEYS:
+        # The name is part of the value: "pa$Sw0rd" would show "$Sw0rd".
+        return (
+            "refers to an environment variable that is not set (not named: the name is part "
+            "of the value, which may be a secret)"
+        )
+    return f"refers to ${name}, which is not set in the environment"
 
 
 def _state(value: object, info: ValidationInfo) -> Path:
@@ -428,10 +404,30 @@ def _context(info: ValidationInfo) -> tuple[Mapping[str, str], Path]:
 
 Duration = Annotated[timedelta, PlainValidator(_duration)]
 PositiveDuration = Annotated[timedelta, PlainValidator(_positive_duration)]
+Settle = Annotated[timedelta | None, PlainValidator(_settle)]
 Guid = Annotated[str, AfterValidator(_guid)]
 FilePath = Annotated[Path, PlainValidator(_path)]
 EnvName = Annotated[str, AfterValidator(_env_name)]
 HttpsUrl = Annotated[str, AfterValidator(_https_url)]
+
+# Every duration key has an upper bound: a larger value is a slip of unit or digit, and an
+# unbounded one ("9999999d") passed validation, then overflowed the date arithmetic of every
+# cycle. Each bound is far above any sensible value and far below that overflow.
+# Cycles at least daily: a regression (mail bouncing) must not stay unseen for longer.
+_MAX_INTERVAL = timedelta(days=1)
+# Jitter only spreads the cycles of many instances; an hour spreads them as well as more would.
+_MAX_JITTER = timedelta(hours=1)
+# One DNS or webhook answer: a server silent for a minute is down, and waiting longer only
+# holds up the cycle (DNS) or the notification queue (webhook).
+_MAX_ANSWER_WAIT = timedelta(minutes=1)
+# Room for a whole Exchange operation, retries and Retry-After waits included; anything slower
+# is better retried next cycle.
+_MAX_EXCHANGE_TIMEOUT = timedelta(minutes=10)
+# Settle waits for old MX records to leave caches, which is a TTL; resolvers cap the TTLs they
+# cache at a day (Unbound) or a week (BIND), so a month is past any real one.
+_MAX_SETTLE = timedelta(days=30)
+# The longest a connector changed by hand (switched off, say) goes unnoticed.
+_MAX_RECHECK = timedelta(days=7)
 
 
 class _Table(BaseModel):
@@ -439,8 +435,8 @@ class _Table(BaseModel):
 
 
 class _Daemon(_Table):
-    interval: PositiveDuration = DaemonConfig.interval
-    jitter: Duration = DaemonConfig.jitter
+    interval: Annotated[PositiveDuration, _at_most(_MAX_INTERVAL)] = DaemonConfig.interval
+    jitter: Annotated[Duration, _at_most(_MAX_JITTER)] = DaemonConfig.jitter
     state: Annotated[Path, PlainValidator(_state)] = Field(default="auto", validate_default=True)
     dry_run: bool = False
 
@@ -450,17 +446,17 @@ class _Dns(_Table):
         list[Annotated[ResolverSpec, PlainValidator(_resolver)]], Field(min_length=1)
     ] = Field(default_factory=lambda: list(DnsConfig.resolvers))
     authoritative: bool = True
-    timeout: PositiveDuration = DnsConfig.timeout
+    timeout: Annotated[PositiveDuration, _at_most(_MAX_ANSWER_WAIT)] = DnsConfig.timeout
     authoritative_port: Annotated[int, Field(ge=1, le=65535, strict=True)] = 53
 
 
 class _Policy(_Table):
     confirmations: Annotated[int, Field(ge=1)] = PolicyConfig.confirmations
-    settle: Annotated[timedelta | None, PlainValidator(_settle)] = None
-    min_settle: Duration = PolicyConfig.min_settle
-    default_old_ttl: Duration = PolicyConfig.default_old_ttl
+    settle: Annotated[Settle, _at_most(_MAX_SETTLE)] = None
+    min_settle: Annotated[Duration, _at_most(_MAX_SETTLE)] = PolicyConfig.min_settle
+    default_old_ttl: Annotated[Duration, _at_most(_MAX_SETTLE)] = PolicyConfig.default_old_ttl
     on_regression: Literal["alert", "disable"] = "alert"
-    recheck: Duration = PolicyConfig.recheck
+    recheck: Annotated[Duration, _at_most(_MAX_RECHECK)] = PolicyConfig.recheck
 
 
 class _Credentials(_Table):
@@ -475,7 +471,7 @@ class _Exchange(_Credentials):
     login_url: HttpsUrl | None = None
     admin_url: HttpsUrl | None = None
     ca_bundle: FilePath | None = None
-    timeout: PositiveDuration = ExchangeConfig.timeout
+    timeout: Annotated[PositiveDuration, _at_most(_MAX_EXCHANGE_TIMEOUT)] = ExchangeConfig.timeout
 
 
 class _Provider(_Table):
@@ -503,7 +499,7 @@ class _Metrics(_Table):
 class _Notify(_Table):
     webhook: Annotated[str, AfterValidator(_webhook)] | None = None
     format: Literal["json", "slack", "teams"] = "json"
-    timeout: PositiveDuration = NotifyConfig.timeout
+    timeout: Annotated[PositiveDuration, _at_most(_MAX_ANSWER_WAIT)] = NotifyConfig.timeout
     retries: Annotated[int, Field(ge=0, le=10)] = NotifyConfig.retries
 
 
@@ -759,7 +755,10 @@ def _across(first: str, index: int) -> str:
 def _build(path: Path, document: _Document) -> Config:
     providers = _build_providers(document.providers)
     exchange = _build_exchange(document.exchange)
-    tenants = tuple(_build_tenant(tenant, exchange, providers) for tenant in document.tenant)
+    tenants = tuple(
+        _build_tenant(index, tenant, exchange, providers)
+        for index, tenant in enumerate(document.tenant)
+    )
     return Config(
         path=path,
         daemon=DaemonConfig(
@@ -805,13 +804,13 @@ def _build_providers(tables: Mapping[str, _Provider]) -> dict[str, Provider]:
     return providers
 
 
-def _credential(table: _Credentials) -> CredentialRef | None:
+def _credential(table: _Credentials, where: str) -> CredentialRef | None:
     if table.certificate is not None:
-        return CertificateRef(table.certificate)
+        return CertificateRef(table.certificate, key=f"{where}.certificate")
     if table.client_secret_file is not None:
-        return SecretFileRef(table.client_secret_file)
+        return SecretFileRef(table.client_secret_file, key=f"{where}.client_secret_file")
     if table.client_secret_env is not None:
-        return SecretEnvRef(table.client_secret_env)
+        return SecretEnvRef(table.client_secret_env, key=f"{where}.client_secret_env")
     return None
 
 
@@ -828,16 +827,16 @@ def _build_exchange(table: _Exchange) -> ExchangeConfig:
         admin_url=endpoints.admin_url,
         ca_bundle=table.ca_bundle,
         client_id=table.client_id,
-        credential=_credential(table),
+        credential=_credential(table, "exchange"),
         timeout=table.timeout,
     )
 
 
 def _build_tenant(
-    table: _Tenant, exchange: ExchangeConfig, providers: Mapping[str, Provider]
+    index: int, table: _Tenant, exchange: ExchangeConfig, providers: Mapping[str, Provider]
 ) -> TenantConfig:
     client_id = table.client_id or exchange.client_id
-    credential = _credential(table) or exchange.credential
+    credential = _credential(table, f"tenant[{index}]") or exchange.credential
     assert client_id is not None and credential is not None  # checked in _relation_problems
     return TenantConfig(
         name=table.name,

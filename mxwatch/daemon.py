@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, health
-from .config import ConfigError, exposed_secret_files, load_config
+from .config import ConfigError, load_config
+from .credentials import exposed_secret_files
 from .cycle import DEFAULT_LOCK_WAIT, CycleReport, run_cycle
 from .dns import DnsObserver
 from .exchange import ExchangeClient
@@ -129,7 +130,6 @@ def warn_exposed_secret_files(config: Config) -> None:
         log.warning(
             "secret_file_permissions",
             key=exposed.key,
-            path=str(exposed.path),
             mode=f"{exposed.mode:04o}",
             fix="chmod o-rwx the file (0600, or 0640 for a group)",
         )

@@ -11,30 +11,24 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import functools
-import hashlib
 import http.cookiejar
 import json
-import os
 import random
-import re
 import ssl
 import uuid
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import requests
 import structlog
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import __version__
+from .credentials import CredentialProblem, load_credential
 from .logs import register_secret
 from .model import (
     AcceptedDomain,
@@ -47,14 +41,7 @@ from .model import (
     LookupStatus,
 )
 from .names import BadName, normalise_name
-from .settings import (
-    CertificateRef,
-    CredentialRef,
-    ExchangeConfig,
-    SecretEnvRef,
-    SecretFileRef,
-    TenantConfig,
-)
+from .settings import CredentialRef, ExchangeConfig, TenantConfig
 
 log = structlog.get_logger("mxwatch.exchange")
 
@@ -72,7 +59,6 @@ _MICROSOFT_LOGIN_HOSTS = (
     "login.microsoft.com",
     "login.windows.net",
 )
-_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 _MAX_TEXT = 300  # longest server text copied into an error message
 
 
@@ -89,114 +75,6 @@ class ExchangeStats:
 
     token_requests: int = 0  # tokens fetched from the authority (cache misses)
     api_calls: Counter[tuple[str, str]] = field(default_factory=Counter)
-
-
-# --------------------------------------------------------------------------- credentials
-
-
-@dataclass(frozen=True)
-class _CertificateMaterial:
-    private_key_pem: str
-    certificate_pem: str
-    sha1_thumbprint: str
-
-
-def check_credential(ref: CredentialRef) -> list[str]:
-    """Problems with a credential reference, for `mxwatch check-config`.
-
-    The messages name files and variables, never their content.
-    """
-    try:
-        _load_credential(ref)
-    except _CredentialProblem as problem:
-        return [str(problem)]
-    if isinstance(ref, CertificateRef):
-        return _certificate_warnings(ref.path)
-    return []
-
-
-class _CredentialProblem(Exception):
-    """A credential reference that cannot be used; the text is safe to show."""
-
-
-def _load_credential(ref: CredentialRef) -> str | dict[str, str]:
-    """The client_credential argument for MSAL."""
-    if isinstance(ref, CertificateRef):
-        material = _load_certificate(ref.path)
-        return {
-            "private_key": material.private_key_pem,
-            "thumbprint": material.sha1_thumbprint,
-            # Sending x5c lets tenants that use subject-name/issuer auth accept a renewed cert.
-            "public_certificate": material.certificate_pem,
-        }
-    if isinstance(ref, SecretFileRef):
-        secret = _read_text(ref.path).rstrip("\r\n")
-        if not secret.strip():
-            raise _CredentialProblem(f"{ref.path}: the client secret file is empty")
-        return secret
-    if isinstance(ref, SecretEnvRef):
-        value = os.environ.get(ref.name)
-        if value is None:
-            raise _CredentialProblem(f"environment variable {ref.name} is not set")
-        if not value.strip():
-            raise _CredentialProblem(f"environment variable {ref.name} is empty")
-        return value
-    raise _CredentialProblem(f"unsupported credential reference {type(ref).__name__}")
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise _CredentialProblem(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise _CredentialProblem(f"{path}: is a directory, not a file") from None
-    except PermissionError:
-        raise _CredentialProblem(f"{path}: permission denied (cannot read the file)") from None
-    except UnicodeDecodeError:
-        raise _CredentialProblem(f"{path}: not a text file (expected PEM or a secret)") from None
-    except OSError as exc:
-        raise _CredentialProblem(f"{path}: cannot read: {exc.strerror}") from None
-
-
-def _load_certificate(path: Path) -> _CertificateMaterial:
-    text = _read_text(path)
-    blocks = [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(text)]
-    keys = [pem for label, pem in blocks if label.endswith("PRIVATE KEY")]
-    certs = [pem for label, pem in blocks if label == "CERTIFICATE"]
-    if not keys:
-        raise _CredentialProblem(f"{path}: no PEM private key found (need key and certificate)")
-    if not certs:
-        raise _CredentialProblem(f"{path}: no PEM certificate found (need key and certificate)")
-    if "ENCRYPTED" in keys[0]:
-        raise _CredentialProblem(f"{path}: the private key is encrypted; store it unencrypted")
-    try:
-        key = serialization.load_pem_private_key(keys[0].encode(), password=None)
-    except (ValueError, TypeError):
-        raise _CredentialProblem(f"{path}: the private key cannot be parsed") from None
-    try:
-        cert = x509.load_pem_x509_certificate(certs[0].encode())
-    except ValueError:
-        raise _CredentialProblem(f"{path}: the certificate cannot be parsed") from None
-    # MSAL signs the client assertion with RS256/PS256, which need an RSA key.
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise _CredentialProblem(f"{path}: the private key is not RSA (Entra needs RSA)")
-    public = serialization.PublicFormat.SubjectPublicKeyInfo
-    encoding = serialization.Encoding.DER
-    if key.public_key().public_bytes(encoding, public) != cert.public_key().public_bytes(
-        encoding, public
-    ):
-        raise _CredentialProblem(f"{path}: the private key does not match the first certificate")
-    thumbprint = hashlib.sha1(cert.public_bytes(encoding), usedforsecurity=False).hexdigest()
-    return _CertificateMaterial(keys[0], certs[0], thumbprint.upper())
-
-
-def _certificate_warnings(path: Path) -> list[str]:
-    cert = x509.load_pem_x509_certificate(_read_text(path).encode())
-    expires = cert.not_valid_after_utc
-    if expires <= datetime.now(UTC):
-        return [f"{path}: the certificate expired on {expires:%Y-%m-%d}"]
-    return []
 
 
 # --------------------------------------------------------------------------- response parsing
@@ -524,8 +402,8 @@ class ExchangeClient:
 
     async def _build_app(self, tenant: TenantConfig, authority: str) -> Any:
         try:
-            credential = _load_credential(tenant.credential)
-        except _CredentialProblem as problem:
+            credential = load_credential(tenant.credential)
+        except CredentialProblem as problem:
             raise _fail(ErrorKind.CREDENTIALS, str(problem)) from None
         # Belt and braces: should any library ever echo the material, the log renderer scrubs it.
         register_secret(credential if isinstance(credential, str) else credential["private_key"])
@@ -739,7 +617,6 @@ def _blocked_message(cmdlet: str, status: int, text: str) -> str:
 __all__ = [
     "ExchangeClient",
     "ExchangeStats",
-    "check_credential",
     "connector_from_object",
     "connector_matches",
     "error_text",

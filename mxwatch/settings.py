@@ -7,7 +7,7 @@ that turns a TOML file into these values; only the command line and the daemon i
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -44,20 +44,29 @@ CLOUDS: dict[Cloud, CloudEndpoints] = {
 
 
 @dataclass(frozen=True)
-class CertificateRef:
+class _CredentialSource:
+    # The key path the reference comes from, such as "tenant[2].client_secret_file". Messages
+    # name it instead of the path or the variable name, and repr() leaves those out: either
+    # may be a secret pasted into the wrong key. Not compared: tenants that share a credential
+    # share one MSAL app.
+    key: str = field(default="credential", compare=False, kw_only=True)
+
+
+@dataclass(frozen=True)
+class CertificateRef(_CredentialSource):
     """A PEM file holding the private key and the certificate."""
 
-    path: Path
+    path: Path = field(repr=False)
 
 
 @dataclass(frozen=True)
-class SecretFileRef:
-    path: Path
+class SecretFileRef(_CredentialSource):
+    path: Path = field(repr=False)
 
 
 @dataclass(frozen=True)
-class SecretEnvRef:
-    name: str
+class SecretEnvRef(_CredentialSource):
+    name: str = field(repr=False)
 
 
 CredentialRef = CertificateRef | SecretFileRef | SecretEnvRef

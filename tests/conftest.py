@@ -1,3 +1,9 @@
-"""Shared fixtures: a real Knot DNS server and the Exchange emulator over HTTPS."""
+"""Shared fixtures: a real Knot DNS server, the Exchange emulator over HTTPS, and mxwatch
+installed where an unprivileged user can run it."""
 
-pytest_plugins = ["tests.fixtures.knot", "tests.fixtures.sandbox", "tests.fixtures.rig"]
+pytest_plugins = [
+    "tests.fixtures.knot",
+    "tests.fixtures.sandbox",
+    "tests.fixtures.rig",
+    "tests.fixtures.unprivileged",
+]

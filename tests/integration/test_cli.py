@@ -1,13 +1,16 @@
-"""The CLI's own commands, run as a user would: check-config, status before any run, --help."""
+"""The CLI's own commands, run as a user would: check-config, status and history, --help."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.fixtures.sandbox import make_app_certificate
+from mxwatch.sandbox.exchange_api import Fault
+from tests.fixtures.rig import FILTER_MX, Rig, Tenant, contoso
+from tests.fixtures.sandbox import TENANT_ID, make_app_certificate
 
 TENANTS = """
 [[tenant]]
@@ -45,15 +48,15 @@ def write_config(tmp_path: Path, certificate: Path) -> Path:
     return config
 
 
-def test_check_config_lists_every_unusable_credential(tmp_path: Path) -> None:
+def test_check_config_lists_every_unusable_credential_by_its_key(tmp_path: Path) -> None:
     config = write_config(tmp_path, tmp_path / "missing.pem")
     env = {k: v for k, v in os.environ.items() if k != "MXWATCH_TEST_UNSET_SECRET"}
     done = mxwatch("check-config", "-c", str(config), env=env)
     assert done.returncode == 2
-    assert "exchange.certificate:" in done.stderr
-    assert "missing.pem" in done.stderr
-    assert "tenant[1].client_secret_env:" in done.stderr
-    assert "MXWATCH_TEST_UNSET_SECRET" in done.stderr
+    assert done.stderr.splitlines()[1:] == [
+        "  exchange.certificate: file not found",
+        "  tenant[1].client_secret_env: the environment variable it names is not set",
+    ]
 
 
 def test_check_config_accepts_usable_credentials(tmp_path: Path) -> None:
@@ -107,3 +110,47 @@ def test_check_config_counts_tenants_that_watch_their_accepted_domains(tmp_path:
     done = mxwatch("check-config", "-c", str(config), env=env)
     assert done.returncode == 0, done.stderr
     assert "ok (2 tenants, 1 domains, 1 on their accepted domains)" in done.stdout
+
+
+# --- status and history print text from the admin API: escaped, one line per line -----------
+
+HOSTILE = "\x1b[31mX\n"  # colours the terminal red, then starts a line of its own
+HOSTILE_ESCAPED = "\\x1b[31mX\\n"
+
+
+def human_output(rig: Rig) -> list[str]:
+    """`status` and `history` as a person reads them; both must succeed."""
+    runs = [rig.mxwatch("status"), rig.mxwatch("history")]
+    assert [run.code for run in runs] == [0, 0], [run.stderr for run in runs]
+    return [run.stdout for run in runs]
+
+
+def assert_escaped(text: str, escaped: str) -> None:
+    assert escaped in text, text
+    assert all(char.isprintable() for line in text.splitlines() for char in line), repr(text)
+
+
+def test_a_connector_name_with_an_escape_sequence_is_printed_escaped(rig: Rig) -> None:
+    rig.knot.add_zone("contoso.com", mx=FILTER_MX, ttl=60)
+    rig.tenants.append(Tenant("contoso", TENANT_ID, ["contoso.com"]))
+    rig.sandbox.set_accepted_domains(TENANT_ID, ["contoso.com"])
+    rig.sandbox.add_connector(TENANT_ID, HOSTILE)  # and none under the configured name
+    assert rig.once().code == 1
+    reason = rig.status()["contoso"]["reason"]
+    assert reason.startswith("connector missing: ") and "1 other connector(s)" in reason
+    status, history = human_output(rig)
+    for text in (status, history):
+        assert_escaped(text, HOSTILE_ESCAPED)
+    [tenant_line] = [line for line in status.splitlines() if line.startswith("contoso ")]
+    assert "blocked" in tenant_line and HOSTILE_ESCAPED in tenant_line
+
+
+def test_an_error_text_with_control_characters_is_printed_escaped(rig: Rig) -> None:
+    contoso(rig)
+    text = "Identity\x1b]0;owned\x07 is\r\nnot valid"
+    body = json.dumps({"error": {"code": "BadRequest", "message": text}}).encode()
+    rig.sandbox.inject(Fault(status=400, body=body, cmdlet="Get-InboundConnector", times=None))
+    assert rig.once().code == 1
+    assert rig.status()["contoso"]["reason"].endswith(text)  # stored as the API sent it
+    for output in human_output(rig):
+        assert_escaped(output, "Identity\\x1b]0;owned\\x07 is\\r\\nnot valid")

@@ -1,15 +1,14 @@
 """What the container image runs, without a container engine (there is none here).
 
-Like deploy/container/Containerfile: the package is installed from its sources (not editable)
-into a fresh venv owned by root, and its `mxwatch` entry point runs with no arguments, as an
-unprivileged user (setpriv), with the container's environment. Only the state directory is
-writable by that user; the config and the installation are read-only to it. It must start,
-run a cycle against Knot and the sandbox, answer `mxwatch health`, and exit 0 on SIGTERM.
+Like deploy/container/Containerfile: the package is installed (not editable) into a fresh venv
+owned by root, and its `mxwatch` entry point runs with no arguments, as an unprivileged user
+(setpriv), with the container's environment. Only the state directory is writable by that
+user; the config and the installation are read-only to it. It must start, run a cycle against
+Knot and the sandbox, answer `mxwatch health`, and exit 0 on SIGTERM.
 
-The dependencies are not downloaded again: a .pth file lends the fresh venv the project
-venv's site-packages (the same versions the image would get). What this test is about is
-the installed package and the unprivileged, read-only run; a second full dependency install
-would add half a minute and test pip instead.
+The venv is tests/fixtures/unprivileged.py's: its dependencies are copied from the project
+venv (the same versions the image would get), not downloaded again. What this test is about
+is the installed package and the unprivileged, read-only run.
 """
 
 from __future__ import annotations
@@ -18,10 +17,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import sysconfig
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,39 +24,12 @@ import pytest
 from tests.fixtures.rig import Rig, contoso, enabled
 from tests.fixtures.sandbox import SECRET, SECRET_ENV
 from tests.fixtures.service import Service
-
-REPO = Path(__file__).resolve().parents[2]
-NOBODY = 65534
-AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+from tests.fixtures.unprivileged import AS_NOBODY, NOBODY, NobodyPython
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("setpriv") is None,
     reason="needs root and setpriv to run the entry point as another user",
 )
-
-
-@pytest.fixture(scope="module")
-def image() -> Iterator[Path]:
-    """A directory laid out like the image: a fresh venv with mxwatch installed in it."""
-    root = Path(tempfile.mkdtemp(prefix="mxwatch-image-"))
-    root.chmod(0o755)  # the unprivileged user must reach the venv inside
-    source = root / "src"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, source)
-    shutil.copytree(REPO / "mxwatch", source / "mxwatch", ignore=shutil.ignore_patterns("*.pyc"))
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
-    subprocess.run(
-        [*pip, "install", "-q", "--no-deps", str(source)], check=True, capture_output=True
-    )
-    shutil.rmtree(source)
-    site = Path(sysconfig.get_paths(vars={"base": str(venv)})["purelib"])
-    deps = sysconfig.get_paths()["purelib"]
-    (site / "_mxwatch_test_deps.pth").write_text(deps + "\n")
-    yield venv
-    shutil.rmtree(root)
 
 
 def as_nobody(*command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -77,12 +45,11 @@ def as_nobody(*command: str, env: dict[str, str]) -> subprocess.CompletedProcess
     )
 
 
-def container_files(rig: Rig, image: Path) -> tuple[Path, dict[str, str]]:
-    """/etc/mxwatch (read-only) and /var/lib/mxwatch (the volume), and the image's ENV."""
-    root = image.parent
+def container_files(rig: Rig, image: Path, root: Path) -> tuple[Path, dict[str, str]]:
+    """/etc/mxwatch (read-only) and /var/lib/mxwatch (the volume) under `root`, and the
+    image's ENV."""
     etc, state = root / "etc", root / "state"
     for directory in (etc, state):
-        shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(mode=0o755)
     os.chown(state, NOBODY, NOBODY)
     state.chmod(0o700)
@@ -113,17 +80,16 @@ def tree(path: Path) -> set[tuple[str, int]]:
 
 
 def test_entrypoint_runs_unprivileged_with_only_the_state_volume_writable(
-    rig: Rig, image: Path
+    rig: Rig, nobody_python: NobodyPython, shared_dir: Path
 ) -> None:
     rig.policy["confirmations"] = 1
     guid = contoso(rig)
-    state, env = container_files(rig, image)
+    image = nobody_python.venv
+    state, env = container_files(rig, image, shared_dir)
     where = as_nobody(
-        str(image / "bin" / "python"), "-c", "import mxwatch; print(mxwatch.__file__)", env=env
+        str(nobody_python.python), "-c", "import mxwatch; print(mxwatch.__file__)", env=env
     )
-    if where.returncode != 0 and "ModuleNotFoundError" in where.stderr:
-        pytest.skip(f"the project venv is not readable by uid {NOBODY}: {where.stderr[-200:]}")
-    assert where.stdout.startswith(str(image)), "the fresh install, not the checkout, runs"
+    assert where.stdout.startswith(str(image)), f"not the fresh install: {where}"
     installed = tree(image)
 
     svc = Service(rig)

@@ -1,6 +1,7 @@
-"""Security: TLS always verifies, and a token for another tenant is never accepted.
+"""Security: TLS always verifies, a token for another tenant is never accepted, and a secret
+pasted into a credential key is never echoed.
 
-(Secret redaction over all output is covered by the soak test and test_once.py.)
+(Redaction of loaded secrets over all output is covered by the soak test and test_once.py.)
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import trustme
 
 from mxwatch.sandbox.exchange_api import Fault
@@ -16,7 +18,7 @@ from tests.fixtures.faults import (  # noqa: F401 - frig_fixture registers the f
     check_journal,
     frig_fixture,
 )
-from tests.fixtures.rig import TENANT_B, contoso, enabled
+from tests.fixtures.rig import TENANT_B, Rig, contoso, enabled
 from tests.fixtures.sandbox import CLIENT_ID
 
 PACKAGE = Path(__file__).resolve().parents[2] / "mxwatch"
@@ -91,3 +93,41 @@ def test_token_for_another_tenant_is_rejected_and_blocks_for_credentials(
     assert status["state"] == "blocked" and "401" in status["reason"]
     assert not enabled(frig, guid) and frig.set_calls() == []
     check_journal(frig, run.events)
+
+
+# Secrets pasted where a reference belongs, each shaped like what the key expects.
+PASTED = [
+    ("client_secret_file", "Qz7pasted~client/secret.value"),  # a relative path
+    ("certificate", "/Qz7pasted~cert/secret-value.pem"),  # an absolute path
+    ("client_secret_env", "QZ7PASTED_SECRET_VALUE_X9"),  # an environment variable name
+]
+
+
+@pytest.mark.parametrize(("key", "secret"), PASTED)
+def test_a_secret_pasted_into_a_credential_key_is_never_echoed(
+    rig: Rig, key: str, secret: str
+) -> None:
+    """Not by check-config, the logs, status, history, nor the state file and its journal,
+    which is append-only: a secret that reached it could not be scrubbed."""
+    rig.credential = f'{key} = "{secret}"'
+    guid = contoso(rig)
+    check = rig.mxwatch("check-config")
+    assert check.code == 2
+    assert f"  exchange.{key}: " in check.stderr
+    once = rig.once()
+    assert once.code == 1
+    (error,) = once.named("exchange_error")
+    assert error["kind"] == "credentials"
+    assert error["error"].startswith(f"exchange.{key}: ")
+    assert rig.status()["contoso"]["state"] == "blocked"
+    assert not enabled(rig, guid)
+    runs = [check, once] + [
+        rig.mxwatch(*command)
+        for command in (["status"], ["status", "--json"], ["history"], ["history", "--json"])
+    ]
+    assert [run.code for run in runs[2:]] == [0, 0, 0, 0]
+    assert f"exchange.{key}: " in runs[-1].stdout  # the journal names the key instead
+    for run in runs:
+        assert "QZ7" not in (run.stdout + run.stderr).upper(), run
+    state = b"".join(path.read_bytes() for path in rig.tmp.glob("state.db*"))
+    assert state and secret.encode() not in state

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import typing
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -12,11 +14,12 @@ import pytest
 from mxwatch.config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
-    credential_refs,
     default_config_path,
+    duration_text,
     load_config,
     parse_duration,
 )
+from mxwatch.credentials import credential_refs
 from mxwatch.providers import MAILPROTECTOR
 from mxwatch.settings import (
     CLOUDS,
@@ -186,6 +189,79 @@ def test_durations_in_file(load: Load, problems: Callable[..., list[str]]) -> No
     assert any("greater than zero" in p for p in found if p.startswith("daemon.interval"))
     assert any("not a bare number" in p for p in found if p.startswith("daemon.jitter"))
     assert all('"90s"' in problem for problem in found)
+
+
+@pytest.mark.parametrize(
+    ("duration", "text"),
+    [
+        (timedelta(0), "0s"),
+        (timedelta(seconds=90), "1m30s"),
+        (timedelta(days=30), "30d"),
+        (timedelta(days=1, hours=2, minutes=3, seconds=4), "1d2h3m4s"),
+    ],
+)
+def test_duration_text_is_the_config_files_form(duration: timedelta, text: str) -> None:
+    assert duration_text(duration) == text
+    assert parse_duration(text) == duration
+
+
+# The upper bound of every duration key, as documented in the README and the example config.
+DURATION_BOUNDS = [
+    ("daemon", "interval", "1d"),
+    ("daemon", "jitter", "1h"),
+    ("dns", "timeout", "1m"),
+    ("policy", "settle", "30d"),
+    ("policy", "min_settle", "30d"),
+    ("policy", "default_old_ttl", "30d"),
+    ("policy", "recheck", "7d"),
+    ("exchange", "timeout", "10m"),
+    ("notify", "timeout", "1m"),
+]
+
+
+def with_duration(table: str, key: str, value: str) -> str:
+    if table == "exchange":  # EXCHANGE ends inside [exchange]
+        return EXCHANGE + f'{key} = "{value}"\n' + TENANT
+    return f'[{table}]\n{key} = "{value}"\n' + EXCHANGE + TENANT
+
+
+@pytest.mark.parametrize(("table", "key", "bound"), DURATION_BOUNDS)
+def test_every_duration_key_has_an_upper_bound(
+    load: Load, problems: Callable[..., list[str]], table: str, key: str, bound: str
+) -> None:
+    limit = parse_duration(bound)
+    assert getattr(getattr(load(with_duration(table, key, bound)), table), key) == limit
+    for value in (duration_text(limit + timedelta(seconds=1)), "9999999d"):
+        assert problems(with_duration(table, key, value)) == [
+            f"{table}.{key}: must be at most {bound}"
+        ]
+
+
+def test_the_bounds_cover_every_duration_key() -> None:
+    durations = {
+        (table, key)
+        for table, section in typing.get_type_hints(Config).items()
+        if dataclasses.is_dataclass(section)
+        for key, hint in typing.get_type_hints(section).items()
+        if timedelta in (hint, *typing.get_args(hint))
+    }
+    assert durations == {(table, key) for table, key, _ in DURATION_BOUNDS}
+
+
+def test_over_long_durations_are_reported_with_every_other_problem(
+    problems: Callable[..., list[str]],
+) -> None:
+    found = problems(
+        '[daemon]\ninterval = "2d"\n[policy]\nmin_settle = "9999999d"\nconfirmations = 0\n'
+        + EXCHANGE
+        + TENANT.replace(GUID_A, "not-a-guid")
+    )
+    assert found == [
+        "daemon.interval: must be at most 1d",
+        "policy.confirmations: must be at least 1",
+        "policy.min_settle: must be at most 30d",
+        "tenant[0].tenant_id: not a GUID (expected 8-4-4-4-12 hexadecimal digits)",
+    ]
 
 
 # --- state path ----------------------------------------------------------------------------
@@ -395,16 +471,38 @@ def test_inline_secret_refused_without_echo(problems: Callable[..., list[str]], 
     assert "client_secret_env" in message
 
 
-def test_secret_pasted_into_reference_keys_is_not_echoed(
-    problems: Callable[..., list[str]],
+PASTED = "Qz7pasted"  # in every pasted value below; no message may show any of it
+
+
+@pytest.mark.parametrize("key", ["certificate", "client_secret_file", "client_secret_env"])
+@pytest.mark.parametrize("where", ["exchange", "tenant[0]"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        f'"{PASTED}~Secret Value"',  # a path, not a variable name
+        f'"ab${PASTED}Secret/x"',  # an unset variable, within the secret
+        f'"${{{PASTED}Secret}}"',  # the braced form
+        f'"{PASTED}Secret\\u001b[2J"',  # a control character
+        f'["{PASTED}Secret"]',  # not a string
+        f'{{ value = "{PASTED}Secret" }}',  # a table
+    ],
+)
+def test_no_message_of_a_credential_key_shows_its_value(
+    load: Load, where: str, key: str, value: str
 ) -> None:
-    found = problems(
-        f'[exchange]\nclient_id = "{APP_ID}"\nclient_secret_env = "{SECRET}"\n'
-        + TENANT
-        + f'client_secret_file = "${SECRET}"\n'
-    )
-    assert paths(found) == {"exchange.client_secret_env", "tenant[0].client_secret_file"}
-    assert SECRET not in "\n".join(found)
+    line = f"{key} = {value}\n"
+    if where == "exchange":
+        text = f'[exchange]\nclient_id = "{APP_ID}"\n' + line + TENANT
+    else:
+        text = EXCHANGE + TENANT + line
+    try:
+        load(text)
+        found = []
+    except ConfigError as error:
+        found = error.problems
+    refused = key == "client_secret_env" or "$" in value or not value.startswith('"')
+    assert [p.split(": ", 1)[0] for p in found] == ([f"{where}.{key}"] if refused else [])
+    assert not any(PASTED in problem for problem in found), found
 
 
 def test_credential_forms_and_overrides(load: Load) -> None:
@@ -451,9 +549,13 @@ def test_credentials_directory_expansion(load: Load, problems: Callable[..., lis
         (tenant,) = load(text, environ).tenants
         assert tenant.credential == SecretFileRef(Path("/run/credentials/mxwatch.service/secret"))
         assert problems(text) == [
-            "exchange.client_secret_file: refers to $CREDENTIALS_DIRECTORY, which is not set "
-            "in the environment"
+            "exchange.client_secret_file: refers to an environment variable that is not set "
+            "(not named: the name is part of the value, which may be a secret)"
         ]
+    # Outside the credential keys a path holds no secret, so the variable is named.
+    assert problems(EXCHANGE + TENANT + '[daemon]\nstate = "$NOT_SET/state.db"\n') == [
+        "daemon.state: refers to $NOT_SET, which is not set in the environment"
+    ]
 
 
 def test_credential_refs_name_each_distinct_reference_once(load: Load, tmp_path: Path) -> None:
@@ -466,10 +568,27 @@ def test_credential_refs_name_each_distinct_reference_once(load: Load, tmp_path:
         'domains = ["c.example"]\n'
     )
     config = load(text)
-    assert credential_refs(config) == [
-        ("exchange.certificate", CertificateRef(tmp_path / "app.pem")),
-        ("tenant[1].client_secret_env", SecretEnvRef("B_SECRET")),
-    ]
+    refs = credential_refs(config)
+    assert refs == [CertificateRef(tmp_path / "app.pem"), SecretEnvRef("B_SECRET")]
+    assert [ref.key for ref in refs] == ["exchange.certificate", "tenant[1].client_secret_env"]
+    # Tenants inheriting [exchange]'s credential hold the very same reference.
+    assert config.tenants[0].credential is config.tenants[2].credential
+
+
+def test_the_key_path_is_not_part_of_a_references_identity(load: Load) -> None:
+    """ExchangeClient keys its MSAL apps by reference: one app per distinct credential."""
+    tenant_b = (
+        f'[[tenant]]\nname = "b"\ntenant_id = "{GUID_B}"\nconnector = "c"\n'
+        'domains = ["b.example"]\ncertificate = "/etc/mxwatch/app.pem"\n'
+    )
+    first, second = load(EXCHANGE + TENANT + tenant_b).tenants
+    assert (first.credential.key, second.credential.key) == (
+        "exchange.certificate",
+        "tenant[1].certificate",
+    )
+    assert first.credential == second.credential
+    assert len({first.credential, second.credential}) == 1
+    assert "/etc/mxwatch" not in repr(second.credential)
 
 
 # --- clouds --------------------------------------------------------------------------------

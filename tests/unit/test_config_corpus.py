@@ -68,11 +68,16 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "policy.confirmations: must be at least 1",
         "tenant[0].tenant_id: not a GUID",
     ),
-    "missing-certificate-file": (
-        "exchange.certificate: ",
-        "does-not-exist/app.pem: file not found",
-    ),
+    "missing-certificate-file": ("exchange.certificate: file not found",),
     "missing-tenant-id": ("tenant[0].tenant_id: required key is missing",),
+    "over-long-durations": (
+        "has 5 problem(s)",
+        "daemon.interval: must be at most 1d",
+        "policy.min_settle: must be at most 30d",
+        "policy.recheck: must be at most 7d",
+        "exchange.timeout: must be at most 10m",
+        "tenant[0].tenant_id: not a GUID",
+    ),
     "negative-confirmations": ("policy.confirmations: must be at least 1",),
     "no-credential": ("tenant[0]: no credential; set certificate, client_secret_file",),
     "no-tenant": ("tenant: at least one [[tenant]] is required",),
@@ -92,6 +97,7 @@ NEVER: dict[str, tuple[str, ...]] = {
     "inline-secret": ("Qx8~inline-secret-value-9f2",),
     "bad-env-name": ("Qx8~pasted secret value",),
     "bad-webhook": ("webhooksecretpart", "hooks.example.net"),
+    "missing-certificate-file": ("does-not-exist",),
 }
 
 

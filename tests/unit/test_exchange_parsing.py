@@ -1,16 +1,13 @@
-"""exchange.py's pure parts: response parsing, error text, Retry-After, credential checks."""
+"""exchange.py's pure parts: response parsing, error text, Retry-After."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
-import trustme
 
 from mxwatch.exchange import (
-    check_credential,
     connector_from_object,
     error_text,
     lookup_from_objects,
@@ -18,8 +15,6 @@ from mxwatch.exchange import (
     retry_after_seconds,
 )
 from mxwatch.model import LookupStatus
-from mxwatch.settings import CertificateRef, SecretEnvRef, SecretFileRef
-from tests.fixtures.sandbox import make_app_certificate
 
 GUID = "ac4d5ab0-6637-4e91-8d47-f5c2e95c71d9"
 
@@ -105,42 +100,3 @@ def test_retry_after_seconds_and_http_date() -> None:
     assert retry_after_seconds("Thu, 01 Jan 2026 11:00:00 GMT", now) == 0.0
     assert retry_after_seconds("soon", now) is None
     assert retry_after_seconds(None, now) is None
-
-
-def test_check_credential_accepts_a_good_certificate(tmp_path: Path) -> None:
-    assert check_credential(CertificateRef(make_app_certificate(tmp_path).path)) == []
-
-
-def test_check_credential_reports_problems_without_content(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    only_cert = tmp_path / "cert-only.pem"
-    only_cert.write_bytes(make_app_certificate(tmp_path).certificate_pem)
-    ecdsa = tmp_path / "ecdsa.pem"
-    trustme.CA().issue_cert("x").private_key_and_cert_chain_pem.write_to_path(str(ecdsa))
-    empty = tmp_path / "empty-secret"
-    empty.write_text("\n")
-    monkeypatch.delenv("MXWATCH_UNSET_SECRET", raising=False)
-    monkeypatch.setenv("MXWATCH_BLANK_SECRET", "")
-
-    problems = {
-        "missing": check_credential(CertificateRef(tmp_path / "nope.pem")),
-        "no key": check_credential(CertificateRef(only_cert)),
-        "not rsa": check_credential(CertificateRef(ecdsa)),
-        "empty file": check_credential(SecretFileRef(empty)),
-        "unset": check_credential(SecretEnvRef("MXWATCH_UNSET_SECRET")),
-        "blank": check_credential(SecretEnvRef("MXWATCH_BLANK_SECRET")),
-    }
-    assert "file not found" in problems["missing"][0]
-    assert "no PEM private key" in problems["no key"][0]
-    assert "not RSA" in problems["not rsa"][0]
-    assert "empty" in problems["empty file"][0]
-    assert "is not set" in problems["unset"][0]
-    assert "is empty" in problems["blank"][0]
-    assert all("BEGIN" not in p for found in problems.values() for p in found)
-
-
-def test_check_credential_accepts_a_secret_file(tmp_path: Path) -> None:
-    secret = tmp_path / "secret"
-    secret.write_text("value\n")
-    assert check_credential(SecretFileRef(secret)) == []
