@@ -620,9 +620,10 @@ class ExchangeClient:
         await self._invoke(tenant, "Set-InboundConnector", parameters, deadline)
         lookup = await self._find_connector(tenant, guid, deadline)
         if lookup.connector is None or _normal_guid(lookup.connector.guid) != wanted:
+            detail = lookup.detail or "another connector answered to that identity"
             raise _fail(
                 ErrorKind.BLOCKED,
-                f"read-back after Set-InboundConnector found no connector {guid}: {lookup.detail}",
+                f"read-back after Set-InboundConnector found no connector {guid}: {detail}",
                 cmdlet="Get-InboundConnector",
             )
         return lookup.connector
@@ -640,7 +641,8 @@ class ExchangeClient:
                     raise BadName("not a domain name")  # names.py lets control characters by
                 name = normalise_name(raw)
             except BadName:
-                shown = _escaped(raw if isinstance(raw, str) else json.dumps(raw))
+                # No domain name is longer than _MAX_TEXT: the cut loses nothing readable.
+                shown = _escaped(raw if isinstance(raw, str) else json.dumps(raw))[:_MAX_TEXT]
                 log.warning("accepted_domain_skipped", tenant=tenant.name, domain=shown)
                 unreadable.append(shown)
                 continue

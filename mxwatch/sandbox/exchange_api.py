@@ -102,9 +102,9 @@ class Fault:
     narrow an api fault, and `later_pages_only` narrows it to requests for a page after the
     first. `delay` sleeps before answering; with `status` None the request is then served
     normally. `body` None gives a realistic default body for `status`. `value` replaces the
-    objects of a 200 answer (a connector without a Guid, say); `next_link` sets the answer's
-    `@odata.nextLink`; `trickle` spreads the writing of the body over that many seconds, a
-    few bytes at a time.
+    objects of a 200 answer (a connector without a Guid, say); `next_link` sets the
+    `@odata.nextLink` of a 200 answer; `trickle` spreads the writing of the body over that
+    many seconds, a few bytes at a time.
     """
 
     status: int | None = None
@@ -895,6 +895,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: with Nagle's algorithm on, the body then
+    # waits for the client's delayed ACK, about 40 ms an answer.
+    disable_nagle_algorithm = True
     server: _Server
     _arrived = 0.0
 
@@ -971,7 +974,7 @@ class _Handler(BaseHTTPRequestHandler):
                 answer = sandbox.invoke(tenant, cmdlet_input, page_size)
             else:
                 answer = sandbox.next_page(tenant, skiptoken, cmdlet_input, page_size)
-        if fault is not None and fault.next_link is not None:
+        if fault is not None and fault.next_link is not None and answer.status == 200:
             answer = _with_next_link(answer, fault.next_link)
         self._finish(answer, "api", tenant, fault, **record)
 
@@ -1027,7 +1030,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
             return
         pieces = max(1, round(seconds * 10))
-        size = -(-len(body) // pieces)  # ceiling: `pieces` writes cover the whole body
+        size = max(1, -(-len(body) // pieces))  # ceiling: `pieces` writes cover the body
         for start in range(0, len(body), size):
             if start:
                 time.sleep(seconds / pieces)

@@ -102,15 +102,15 @@ async def test_the_set_and_its_read_back_share_one_deadline(
     sandbox: ExchangeSandbox, secret_env: SecretEnvRef
 ) -> None:
     guid = sandbox.add_connector(TENANT_ID, CONNECTOR)
-    sandbox.inject(Fault(delay=1.2, cmdlet=SET))
-    sandbox.inject(Fault(delay=1.2, cmdlet=GET))  # each alone fits in 2 s, both do not
-    async with exchange_client(sandbox, timeout=2.0) as exchange:
+    sandbox.inject(Fault(delay=1.8, cmdlet=SET))
+    sandbox.inject(Fault(delay=1.8, cmdlet=GET))  # each alone fits in 3 s, both do not
+    async with exchange_client(sandbox, timeout=3.0) as exchange:
         error = await failure_of(
             exchange.set_connector_enabled(tenant_config(secret_env), guid, True)
         )
     assert error.failure.kind is ErrorKind.TRANSIENT
     assert error.failure.cmdlet == GET
-    assert "set_connector_enabled did not finish within its 2s deadline" in error.failure.message
+    assert "set_connector_enabled did not finish within its 3s deadline" in error.failure.message
     assert sandbox.connector(TENANT_ID, guid)["Enabled"] is True  # the Set itself went through
 
 

@@ -8,12 +8,14 @@ does (tests/fixtures/sandbox.py has the helpers).
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from mxwatch.exchange import MAX_PAGES, ExchangeClient
+from mxwatch.exchange import MAX_PAGES, ExchangeClient, error_text
 from mxwatch.model import AcceptedDomain, ErrorKind, LookupStatus
 from mxwatch.sandbox.exchange_api import ExchangeSandbox, Fault
 from mxwatch.settings import SecretEnvRef
@@ -255,3 +257,30 @@ async def test_an_unknown_identity_on_several_pages_is_missing_with_every_connec
     assert json.loads(api_calls(sandbox)[-1].body)["CmdletInput"]["Parameters"] == {
         "Identity": CONNECTOR
     }
+
+
+# ------------------------------------------------------------------ the emulator's own paging
+
+
+async def test_the_sandbox_serves_a_page_only_to_the_same_body_and_a_known_token(
+    sandbox: ExchangeSandbox,
+) -> None:
+    """What the client can never send: another body, or a made-up $skiptoken."""
+    sandbox.page_size = 1
+    headers = {"Authorization": f"Bearer {sandbox.mint_token(TENANT_ID, CLIENT_ID)}"}
+    listing = {"CmdletInput": {"CmdletName": GET_DOMAINS, "Parameters": {}}}
+    other = {"CmdletInput": {"CmdletName": GET_DOMAINS, "Parameters": {"Identity": "x"}}}
+    trust = ssl.create_default_context(cafile=str(sandbox.ca_pem_path))
+    async with httpx.AsyncClient(verify=trust, headers=headers) as http:
+        first = (await http.post(invoke_url(sandbox), json=listing)).json()
+        link = first["@odata.nextLink"]
+        second = await http.post(link, json=listing)
+        wrong_body = await http.post(link, json=other)
+        made_up = await http.post(f"{invoke_url(sandbox)}?$skiptoken=made-up", json=listing)
+
+    assert [d["DomainName"] for d in first["value"]] == ["contoso.com"]
+    assert [d["DomainName"] for d in second.json()["value"]] == ["contoso.net"]
+    assert "@odata.nextLink" not in second.json()
+    for refused in (wrong_body, made_up):
+        assert refused.status_code == 400
+        assert error_text(refused.content).startswith("The ")  # the admin API's error shape
