@@ -4,11 +4,17 @@ The endpoint is undocumented (reference/exchange-admin-api.md), so every answer 
 defensively and every failure is classified by who must act: ErrorKind.BLOCKED (the tenant's
 permissions or objects), CREDENTIALS (the app's certificate/secret/consent) or TRANSIENT
 (throttling, 5xx, timeouts, TLS or network trouble: retry next cycle).
+
+Every public operation runs under one deadline, `exchange.timeout`: its token, every page, every
+retry and every wait. A list is returned whole or not at all: a listing cut short by a failing
+page or a refused `@odata.nextLink` is an error, never a shorter list.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import email.utils
 import functools
 import http.cookiejar
@@ -17,11 +23,11 @@ import random
 import ssl
 import uuid
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
 import requests
@@ -60,6 +66,14 @@ _MICROSOFT_LOGIN_HOSTS = (
     "login.windows.net",
 )
 _MAX_TEXT = 300  # longest server text copied into an error message
+# Asked of every InvokeCommand; the server may still send smaller pages.
+_PAGE_SIZE_PREFERENCE = "odata.maxpagesize=1000"
+# Far more pages than any tenant's connectors or accepted domains fill even at a small page
+# size; a server that keeps linking past this is looping, and the listing is refused.
+MAX_PAGES = 100
+# An InvokeCommand answer for connectors or accepted domains is kilobytes; a body past this
+# is refused while it streams, before it can take the process's memory.
+MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------- statistics
@@ -70,7 +84,7 @@ class ExchangeStats:
     """Counters for metrics and benchmarks (mutable on purpose).
 
     `api_calls` is keyed by (cmdlet, outcome); outcome is the HTTP status as text, or
-    "timeout" / "network" when no answer came back.
+    "timeout" (cut at the operation's deadline) / "network" when no answer came back.
     """
 
     token_requests: int = 0  # tokens fetched from the authority (cache misses)
@@ -100,6 +114,51 @@ def parse_objects(body: Any) -> tuple[list[dict[str, Any]], list[str]]:
     if not isinstance(warnings, list):
         warnings = [warnings]
     return objects, [str(w) for w in warnings]
+
+
+def next_link_of(body: Mapping[str, Any]) -> str | None:
+    """The `@odata.nextLink` of an InvokeCommand body: None on the last page."""
+    link = body.get("@odata.nextLink")
+    if link is None:
+        return None
+    if not isinstance(link, str) or not link.strip():
+        # A list goes on, but to where is unreadable: the rest cannot be fetched.
+        raise ValueError("'@odata.nextLink' is not a URL")
+    return link.strip()
+
+
+def _origin(parts: SplitResult) -> tuple[str, str, int | None]:
+    default_port = {"https": 443, "http": 80}.get(parts.scheme)
+    return parts.scheme, parts.hostname or "", parts.port or default_port
+
+
+def follow_link(link: str, current: str, admin_url: str) -> str:
+    """The absolute URL of a next-page link, if the bearer token may go there.
+
+    Only https on the scheme, host and port of `admin_url`: the link comes from the server's
+    answer, and the request to it carries the token. ValueError says why a link is refused.
+    """
+    target = urljoin(current, link)
+    parts = urlsplit(target)
+    try:
+        origin = _origin(parts)
+    except ValueError:
+        raise ValueError("it has an invalid port") from None
+    if parts.scheme != "https":
+        raise ValueError(f"it is not https ({parts.scheme or 'no scheme'}:)")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("it carries user information")
+    if origin != _origin(urlsplit(admin_url)):
+        raise ValueError(f"it points at {origin[1]!r} port {origin[2]}, not the admin URL")
+    return target
+
+
+def _escaped(text: str) -> str:
+    """`text` with control and invisible characters as escapes: safe to log and to show."""
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
 
 
 def _as_bool(value: Any) -> bool:
@@ -149,9 +208,21 @@ def connector_matches(connector: Connector, identity: str) -> bool:
 
 
 def lookup_from_objects(identity: str, objects: list[dict[str, Any]]) -> ConnectorLookup:
+    """The one connector matching `identity`, or why there is none.
+
+    Raises ExchangeError (TRANSIENT) when the match has no valid Guid: a write is addressed
+    only to a GUID read from the API, never to a name.
+    """
     connectors = [connector_from_object(obj) for obj in objects]
     matches = [c for c in connectors if connector_matches(c, identity)]
     if len(matches) == 1:
+        if _normal_guid(matches[0].guid) is None:
+            raise _fail(
+                ErrorKind.TRANSIENT,
+                f"Get-InboundConnector: connector {_escaped(matches[0].name)!r} came back "
+                f"without a valid Guid ({_escaped(matches[0].guid[:_MAX_TEXT])!r})",
+                cmdlet="Get-InboundConnector",
+            )
         return ConnectorLookup(identity, LookupStatus.FOUND, matches[0], len(connectors))
     if matches:
         guids = ", ".join(c.guid for c in matches)
@@ -227,10 +298,85 @@ class _Retry:
     retry_after: float | None = None
 
 
+@dataclass(frozen=True)
+class _Page:
+    """One InvokeCommand answer: its objects and the link to the next page, if any."""
+
+    objects: list[dict[str, Any]]
+    next_link: str | None
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """An HTTP answer read whole; `body` None when it passed MAX_BODY_BYTES."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes | None
+
+
+@dataclass(frozen=True)
+class _Command:
+    """One cmdlet call: every page of its answer is fetched with this same body."""
+
+    cmdlet: str
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class _Deadline:
+    """The end of one public operation: `exchange.timeout` bounds all of its work."""
+
+    operation: str
+    seconds: float
+    at: float  # on the event loop's clock
+
+    @classmethod
+    def start(cls, operation: str, seconds: float) -> _Deadline:
+        return cls(operation, seconds, asyncio.get_running_loop().time() + seconds)
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - asyncio.get_running_loop().time())
+
+    def passed(self, cmdlet: str = "") -> ExchangeError:
+        message = (
+            f"{self.operation} did not finish within its {self.seconds:g}s deadline "
+            "(exchange.timeout)"
+        )
+        return _fail(ErrorKind.TRANSIENT, message, cmdlet=cmdlet)
+
+    @contextlib.asynccontextmanager
+    async def bound(self, cmdlet: str = "") -> AsyncIterator[None]:
+        """Cut the work inside at the deadline, whatever it waits for, as passed()."""
+        scope = asyncio.timeout_at(self.at)
+        try:
+            async with scope:
+                yield
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise self.passed(cmdlet) from None
+
+
+# The time an MSAL call may still take, read by the requests session in the worker thread.
+_msal_time_left: contextvars.ContextVar[float] = contextvars.ContextVar("msal_time_left")
+
+
+def _with_time_left(seconds: float, function: Callable[[], Any]) -> Any:
+    # Runs in the worker thread, inside the context copy asyncio.to_thread made for it.
+    _msal_time_left.set(seconds)
+    return function()
+
+
 def _fail(
     kind: ErrorKind, message: str, status: int | None = None, cmdlet: str = ""
 ) -> ExchangeError:
     return ExchangeError(ExchangeFailure(kind, message, status, cmdlet))
+
+
+def _incomplete(cmdlet: str, page: int, reason: str, status: int | None = None) -> ExchangeError:
+    message = f"{cmdlet}: the listing is incomplete, page {page} was not read: {reason}"
+    return _fail(ErrorKind.TRANSIENT, message, status, cmdlet)
 
 
 def _is_microsoft_host(url: str) -> bool:
@@ -256,6 +402,16 @@ def _tls_message(url: str) -> str:
     )
 
 
+async def _read_capped(response: httpx.Response) -> bytes | None:
+    """The body, or None as soon as it passes MAX_BODY_BYTES (the rest is never read)."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return None
+    return bytes(body)
+
+
 class ExchangeClient:
     """One per process: it keeps the MSAL apps (token caches) and the HTTP connection pool."""
 
@@ -272,7 +428,8 @@ class ExchangeClient:
     ) -> None:
         self._config = config
         self._user_agent = user_agent or f"mxwatch/{__version__}"
-        # None: the configured exchange.timeout (tests and benchmarks may pass their own).
+        # The deadline of one operation. None: the configured exchange.timeout (tests and
+        # benchmarks may pass their own).
         self._timeout = config.timeout.total_seconds() if timeout is None else timeout
         self._max_attempts = max(1, max_attempts)
         self._max_retry_wait = max(0.0, max_retry_wait)
@@ -284,6 +441,7 @@ class ExchangeClient:
         self._all_in_flight: asyncio.Semaphore | None = None
         self.stats = ExchangeStats()
         self._http = httpx.AsyncClient(
+            # Per socket operation only; the operation's deadline is what ends a slow answer.
             timeout=httpx.Timeout(self._timeout),
             verify=self._ssl_context(),
             headers={"User-Agent": self._user_agent},
@@ -321,48 +479,70 @@ class ExchangeClient:
 
     async def find_connector(self, tenant: TenantConfig, identity: str) -> ConnectorLookup:
         """Get-InboundConnector -Identity <identity>, matched exactly against Name/Guid."""
-        cmdlet = "Get-InboundConnector"
-        try:
-            objects = await self._invoke(tenant, cmdlet, {"Identity": identity})
-        except ExchangeError as exc:
-            if exc.failure.status == 404:
-                detail = f"no inbound connector is named {identity!r} or has that GUID (404)"
-                return ConnectorLookup(identity, LookupStatus.MISSING, None, 0, detail)
-            raise
-        return lookup_from_objects(identity, objects)
+        deadline = _Deadline.start("find_connector", self._timeout)
+        return await self._find_connector(tenant, identity, deadline)
 
     async def set_connector_enabled(
         self, tenant: TenantConfig, guid: str, enabled: bool
     ) -> Connector:
         """Set-InboundConnector -Identity <guid> -Enabled <enabled>, then read back by guid."""
-        await self._invoke(tenant, "Set-InboundConnector", {"Identity": guid, "Enabled": enabled})
-        lookup = await self.find_connector(tenant, guid)
-        if lookup.connector is None:
+        deadline = _Deadline.start("set_connector_enabled", self._timeout)
+        wanted = _normal_guid(guid)
+        if wanted is None:
             raise _fail(
                 ErrorKind.BLOCKED,
-                f"read-back after Set-InboundConnector found no connector {guid}: {lookup.detail}",
+                f"refused to write to connector {_escaped(guid)!r}: not a GUID read from the API",
+                cmdlet="Set-InboundConnector",
+            )
+        parameters = {"Identity": guid, "Enabled": enabled}
+        await self._invoke(tenant, "Set-InboundConnector", parameters, deadline)
+        lookup = await self._find_connector(tenant, guid, deadline)
+        if lookup.connector is None or _normal_guid(lookup.connector.guid) != wanted:
+            detail = lookup.detail or "another connector answered to that identity"
+            raise _fail(
+                ErrorKind.BLOCKED,
+                f"read-back after Set-InboundConnector found no connector {guid}: {detail}",
                 cmdlet="Get-InboundConnector",
             )
         return lookup.connector
 
     async def accepted_domains(self, tenant: TenantConfig) -> AcceptedDomains:
         """Get-AcceptedDomain: every domain the tenant accepts mail for, normalised."""
-        objects = await self._invoke(tenant, "Get-AcceptedDomain", {})
+        deadline = _Deadline.start("accepted_domains", self._timeout)
+        objects = await self._invoke(tenant, "Get-AcceptedDomain", {}, deadline)
         found: dict[str, AcceptedDomain] = {}
         unreadable: list[str] = []
         for obj in objects:
-            raw = str(obj.get("DomainName"))
+            raw = obj.get("DomainName")
             try:
+                if not isinstance(raw, str) or not raw.isprintable():
+                    raise BadName("not a domain name")  # names.py lets control characters by
                 name = normalise_name(raw)
             except BadName:
-                log.warning("accepted_domain_skipped", tenant=tenant.name, domain=raw)
-                unreadable.append(raw)
+                # No domain name is longer than _MAX_TEXT: the cut loses nothing readable.
+                shown = _escaped(raw if isinstance(raw, str) else json.dumps(raw))[:_MAX_TEXT]
+                log.warning("accepted_domain_skipped", tenant=tenant.name, domain=shown)
+                unreadable.append(shown)
                 continue
             subdomains = _as_bool(obj.get("MatchSubDomains"))
             found[name] = AcceptedDomain(
                 name, subdomains or (name in found and found[name].match_subdomains)
             )
         return AcceptedDomains(tuple(found[n] for n in sorted(found)), tuple(unreadable))
+
+    async def _find_connector(
+        self, tenant: TenantConfig, identity: str, deadline: _Deadline
+    ) -> ConnectorLookup:
+        try:
+            objects = await self._invoke(
+                tenant, "Get-InboundConnector", {"Identity": identity}, deadline
+            )
+        except ExchangeError as exc:
+            if exc.failure.kind is ErrorKind.BLOCKED and exc.failure.status == 404:
+                detail = f"no inbound connector is named {identity!r} or has that GUID (404)"
+                return ConnectorLookup(identity, LookupStatus.MISSING, None, 0, detail)
+            raise
+        return lookup_from_objects(identity, objects)
 
     # ----------------------------------------------------------------------- tokens
 
@@ -384,23 +564,29 @@ class ExchangeClient:
         session.headers["User-Agent"] = self._user_agent
         verify: str | bool = str(self._config.ca_bundle) if self._config.ca_bundle else True
         session.verify = verify
+        send = session.request
+
         # requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE replace session.verify unless the
-        # request itself carries `verify`, so bind it (and a timeout) to every request.
-        session.request = functools.partial(  # type: ignore[method-assign]
-            session.request, timeout=self._timeout, verify=verify
-        )
+        # request itself carries `verify`, so bind it to every request, with the time the
+        # operation has left (requests' timeout is per socket operation, but it is all there is).
+        def request(*args: Any, **kwargs: Any) -> requests.Response:
+            kwargs["timeout"] = _msal_time_left.get(self._timeout)
+            kwargs["verify"] = verify
+            return send(*args, **kwargs)
+
+        session.request = request  # type: ignore[method-assign]
         self._msal_session = session
         return session
 
-    async def _app(self, tenant: TenantConfig) -> Any:
+    async def _app(self, tenant: TenantConfig, deadline: _Deadline) -> Any:
         key = (self._authority(tenant), tenant.client_id, tenant.credential)
         lock = self._app_locks.setdefault(key, asyncio.Lock())
         async with lock:
             if key not in self._apps:
-                self._apps[key] = await self._build_app(tenant, key[0])
+                self._apps[key] = await self._build_app(tenant, key[0], deadline)
             return self._apps[key]
 
-    async def _build_app(self, tenant: TenantConfig, authority: str) -> Any:
+    async def _build_app(self, tenant: TenantConfig, authority: str, deadline: _Deadline) -> Any:
         try:
             credential = load_credential(tenant.credential)
         except CredentialProblem as problem:
@@ -418,13 +604,18 @@ class ExchangeClient:
             instance_discovery=None if _is_microsoft_host(authority) else False,
         )
         # MSAL runs OIDC discovery in its constructor, so this is the first network call.
-        return await self._call_msal(build, authority)
+        return await self._call_msal(build, authority, deadline)
 
-    async def _call_msal(self, function: Any, url: str) -> Any:
+    async def _call_msal(self, function: Any, url: str, deadline: _Deadline) -> Any:
         import msal.exceptions
 
+        time_left = deadline.remaining()
+        if time_left <= 0:
+            raise deadline.passed()
         try:
-            return await asyncio.to_thread(function)
+            # The thread cannot be cancelled: the caller's deadline.bound() stops waiting for
+            # it, and requests gets only the time left, so the thread ends soon after.
+            return await asyncio.to_thread(_with_time_left, time_left, function)
         except requests.exceptions.RequestException as exc:
             if _is_tls_failure(exc):
                 raise _fail(ErrorKind.TRANSIENT, _tls_message(url)) from None
@@ -447,15 +638,18 @@ class ExchangeClient:
                 f"authority {url} rejected the tenant: {str(exc)[:_MAX_TEXT]}",
             ) from None
 
-    async def _token(self, tenant: TenantConfig, *, fresh: bool = False) -> str:
-        app = await self._app(tenant)
-        key = (self._authority(tenant), tenant.client_id, tenant.credential)
-        # One token request at a time per app, so concurrent calls share the cached token.
-        async with self._app_locks[key]:
-            if fresh:
-                await asyncio.to_thread(app.remove_tokens_for_client)
-            acquire = functools.partial(app.acquire_token_for_client, scopes=[self._scope()])
-            result = await self._call_msal(acquire, self._authority(tenant))
+    async def _token(
+        self, tenant: TenantConfig, deadline: _Deadline, *, fresh: bool = False
+    ) -> str:
+        async with deadline.bound():
+            app = await self._app(tenant, deadline)
+            key = (self._authority(tenant), tenant.client_id, tenant.credential)
+            # One token request at a time per app, so concurrent calls share the cached token.
+            async with self._app_locks[key]:
+                if fresh:
+                    await asyncio.to_thread(app.remove_tokens_for_client)
+                acquire = functools.partial(app.acquire_token_for_client, scopes=[self._scope()])
+                result = await self._call_msal(acquire, self._authority(tenant), deadline)
         return self._token_from(tenant, result)
 
     def _token_from(self, tenant: TenantConfig, result: Any) -> str:
@@ -479,30 +673,77 @@ class ExchangeClient:
     # ----------------------------------------------------------------------- InvokeCommand
 
     async def _invoke(
-        self, tenant: TenantConfig, cmdlet: str, parameters: Mapping[str, Any]
+        self,
+        tenant: TenantConfig,
+        cmdlet: str,
+        parameters: Mapping[str, Any],
+        deadline: _Deadline,
     ) -> list[dict[str, Any]]:
-        """Run one cmdlet with retries; the `value` objects, annotation keys dropped."""
-        token = await self._token(tenant)
+        """Run one cmdlet and read every page of its answer; the `value` objects of all pages,
+        annotation keys dropped. Any page that cannot be read fails the whole call."""
+        command = _Command(
+            cmdlet, {"CmdletInput": {"CmdletName": cmdlet, "Parameters": dict(parameters)}}
+        )
+        url = self._url(tenant)
+        followed = [url]
+        objects: list[dict[str, Any]] = []
+        while True:
+            page = await self._page(tenant, command, url, deadline, len(followed))
+            objects += page.objects
+            if page.next_link is None:
+                return objects
+            url = self._next_url(cmdlet, page.next_link, followed)
+            followed.append(url)
+
+    async def _page(
+        self, tenant: TenantConfig, command: _Command, url: str, deadline: _Deadline, number: int
+    ) -> _Page:
+        try:
+            return await self._with_retries(tenant, command, url, deadline)
+        except ExchangeError as exc:
+            if number == 1:
+                raise  # nothing was read yet: the failure speaks for itself
+            failure = exc.failure
+            raise _incomplete(command.cmdlet, number, failure.message, failure.status) from None
+
+    def _next_url(self, cmdlet: str, link: str, followed: list[str]) -> str:
+        page = len(followed) + 1
+        try:
+            url = follow_link(link, followed[-1], self._config.admin_url)
+        except ValueError as exc:
+            raise _incomplete(cmdlet, page, f"refused its @odata.nextLink: {exc}") from None
+        if url in followed:
+            raise _incomplete(cmdlet, page, "its @odata.nextLink points at a page already read")
+        if len(followed) >= MAX_PAGES:
+            raise _incomplete(cmdlet, page, f"the answer runs past {MAX_PAGES} pages")
+        return url
+
+    async def _with_retries(
+        self, tenant: TenantConfig, command: _Command, url: str, deadline: _Deadline
+    ) -> _Page:
+        token = await self._token(tenant, deadline)
         refreshed = False
         attempt = 1
         while True:
-            outcome = await self._attempt(tenant, token, cmdlet, parameters)
-            if isinstance(outcome, list):
+            outcome = await self._attempt(tenant, token, command, url, deadline)
+            if isinstance(outcome, _Page):
                 return outcome
             if outcome.failure.status == 401:
                 if refreshed:
                     raise ExchangeError(outcome.failure)
                 # The cached token may have been revoked or expired early: one fresh token.
                 refreshed = True
-                token = await self._token(tenant, fresh=True)
+                token = await self._token(tenant, deadline, fresh=True)
                 continue
             if attempt >= self._max_attempts:
                 raise ExchangeError(outcome.failure)
             wait = self._wait(attempt, outcome.retry_after)
+            if wait >= deadline.remaining():
+                raise _out_of_time(outcome.failure, wait, deadline)
             log.warning(
                 "exchange_retry",
                 tenant=tenant.name,
-                cmdlet=cmdlet,
+                cmdlet=command.cmdlet,
                 status=outcome.failure.status,
                 attempt=attempt,
                 wait=round(wait, 3),
@@ -524,55 +765,67 @@ class ExchangeClient:
         )
 
     async def _attempt(
-        self, tenant: TenantConfig, token: str, cmdlet: str, parameters: Mapping[str, Any]
-    ) -> list[dict[str, Any]] | _Retry:
-        url = self._url(tenant)
-        headers = {
-            "Authorization": f"Bearer {token}",
-            "Accept": "application/json",
-            "X-AnchorMailbox": _ANCHOR_MAILBOX.format(tenant_id=tenant.tenant_id),
-            "X-CmdletName": cmdlet,
-            "client-request-id": str(uuid.uuid4()),
-        }
-        body = {"CmdletInput": {"CmdletName": cmdlet, "Parameters": dict(parameters)}}
-        semaphore = self._in_flight.setdefault(
-            tenant.tenant_id, asyncio.Semaphore(self._max_in_flight)
-        )
-        if self._all_in_flight is None:
-            self._all_in_flight = asyncio.Semaphore(self._max_in_flight_total)
+        self, tenant: TenantConfig, token: str, command: _Command, url: str, deadline: _Deadline
+    ) -> _Page | _Retry:
+        cmdlet = command.cmdlet
         try:
-            async with semaphore, self._all_in_flight:
-                response = await self._http.post(url, json=body, headers=headers)
+            async with deadline.bound(cmdlet):
+                answer = await self._post(tenant, token, command, url)
+        except ExchangeError:
+            self.stats.api_calls[(cmdlet, "timeout")] += 1
+            raise
         except httpx.TimeoutException:
             self.stats.api_calls[(cmdlet, "timeout")] += 1
-            return _Retry(
-                ExchangeFailure(
-                    ErrorKind.TRANSIENT,
-                    f"{cmdlet}: no answer within {self._timeout}s",
-                    None,
-                    cmdlet,
-                )
-            )
+            message = f"{cmdlet}: no answer within {self._timeout:g}s"
+            return _Retry(ExchangeFailure(ErrorKind.TRANSIENT, message, None, cmdlet))
         except httpx.TransportError as exc:
             self.stats.api_calls[(cmdlet, "network")] += 1
             if _is_tls_failure(exc):
                 raise _fail(ErrorKind.TRANSIENT, _tls_message(url), cmdlet=cmdlet) from None
             message = f"{cmdlet}: cannot reach {url}: {type(exc).__name__}"
             return _Retry(ExchangeFailure(ErrorKind.TRANSIENT, message, None, cmdlet))
-        self.stats.api_calls[(cmdlet, str(response.status_code))] += 1
-        return self._read(tenant, cmdlet, response)
+        self.stats.api_calls[(cmdlet, str(answer.status))] += 1
+        return self._read(tenant, cmdlet, answer)
 
-    def _read(
-        self, tenant: TenantConfig, cmdlet: str, response: httpx.Response
-    ) -> list[dict[str, Any]] | _Retry:
-        status = response.status_code
+    async def _post(self, tenant: TenantConfig, token: str, command: _Command, url: str) -> _Answer:
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            "Prefer": _PAGE_SIZE_PREFERENCE,
+            "X-AnchorMailbox": _ANCHOR_MAILBOX.format(tenant_id=tenant.tenant_id),
+            "X-CmdletName": command.cmdlet,
+            "client-request-id": str(uuid.uuid4()),
+        }
+        semaphore = self._in_flight.setdefault(
+            tenant.tenant_id, asyncio.Semaphore(self._max_in_flight)
+        )
+        if self._all_in_flight is None:
+            self._all_in_flight = asyncio.Semaphore(self._max_in_flight_total)
+        async with (
+            semaphore,
+            self._all_in_flight,
+            self._http.stream("POST", url, json=command.body, headers=headers) as response,
+        ):
+            body = await _read_capped(response)
+        return _Answer(response.status_code, response.headers, body)
+
+    def _read(self, tenant: TenantConfig, cmdlet: str, answer: _Answer) -> _Page | _Retry:
+        status = answer.status
+        if answer.body is None:
+            raise _fail(
+                ErrorKind.TRANSIENT,
+                f"{cmdlet}: the answer (HTTP {status}) is larger than "
+                f"{MAX_BODY_BYTES // 2**20} MiB; refused",
+                status,
+                cmdlet,
+            )
         if status == 200:
-            return self._read_success(tenant, cmdlet, response)
-        text = error_text(response.content)
+            return self._read_success(tenant, cmdlet, answer, answer.body)
+        text = error_text(answer.body)
         if status in _RETRY_STATUSES:
             message = f"{cmdlet}: HTTP {status}" + (f": {text}" if text else "")
             failure = ExchangeFailure(ErrorKind.TRANSIENT, message, status, cmdlet)
-            return _Retry(failure, retry_after_seconds(response.headers.get("Retry-After")))
+            return _Retry(failure, retry_after_seconds(answer.headers.get("Retry-After")))
         if status == 401:
             message = (
                 f"{cmdlet}: the admin API rejected the token (401): check the app's "
@@ -582,16 +835,17 @@ class ExchangeClient:
         raise _fail(ErrorKind.BLOCKED, _blocked_message(cmdlet, status, text), status, cmdlet)
 
     def _read_success(
-        self, tenant: TenantConfig, cmdlet: str, response: httpx.Response
-    ) -> list[dict[str, Any]] | _Retry:
+        self, tenant: TenantConfig, cmdlet: str, answer: _Answer, body: bytes
+    ) -> _Page | _Retry:
         try:
-            body = json.loads(response.content.decode("utf-8"))
-            objects, warnings = parse_objects(body)
+            document = json.loads(body.decode("utf-8"))
+            objects, warnings = parse_objects(document)
+            next_link = next_link_of(document)
         except (ValueError, UnicodeDecodeError):
-            if _CONCURRENCY_TEXT in response.text.lower():
+            if _CONCURRENCY_TEXT in body.decode("utf-8", "replace").lower():
                 message = f"{cmdlet}: throttled (too many concurrent requests for the tenant)"
                 failure = ExchangeFailure(ErrorKind.TRANSIENT, message, 200, cmdlet)
-                return _Retry(failure, retry_after_seconds(response.headers.get("Retry-After")))
+                return _Retry(failure, retry_after_seconds(answer.headers.get("Retry-After")))
             raise _fail(
                 ErrorKind.TRANSIENT,
                 f"{cmdlet}: the admin API answered 200 with a body that is not the expected JSON",
@@ -600,7 +854,15 @@ class ExchangeClient:
             ) from None
         for warning in warnings:
             log.warning("exchange_warning", tenant=tenant.name, cmdlet=cmdlet, warning=warning)
-        return objects
+        return _Page(objects, next_link)
+
+
+def _out_of_time(failure: ExchangeFailure, wait: float, deadline: _Deadline) -> ExchangeError:
+    message = (
+        f"{failure.message}; gave up: the next attempt, in {wait:.1f}s, would start after "
+        f"the {deadline.seconds:g}s deadline of {deadline.operation} (exchange.timeout)"
+    )
+    return ExchangeError(replace(failure, message=message))
 
 
 def _blocked_message(cmdlet: str, status: int, text: str) -> str:
@@ -615,12 +877,16 @@ def _blocked_message(cmdlet: str, status: int, text: str) -> str:
 
 
 __all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_PAGES",
     "ExchangeClient",
     "ExchangeStats",
     "connector_from_object",
     "connector_matches",
     "error_text",
+    "follow_link",
     "lookup_from_objects",
+    "next_link_of",
     "parse_objects",
     "retry_after_seconds",
 ]

@@ -116,8 +116,8 @@ class ExchangeConfig:
     ca_bundle: Path | None
     client_id: str | None
     credential: CredentialRef | None
-    # Per HTTP request to the identity platform and the admin API (each retry gets its own).
-    timeout: timedelta = timedelta(seconds=30)
+    # The deadline of one Exchange operation: its token, pages, retries and waits included.
+    timeout: timedelta = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,10 @@ real MSAL and httpx. Operators can rehearse against it; tests inject faults into
     with ExchangeSandbox() as sandbox:
         sandbox.register_app(tenant_id, client_id, secret="s3cret")
         guid = sandbox.add_connector(tenant_id, "Inbound from Mailprotector Only")
+
+Lists (Get-InboundConnector, Get-AcceptedDomain) come in pages of at most `page_size` objects,
+fewer if the request says `Prefer: odata.maxpagesize=N`. A page that is not the last carries
+`@odata.nextLink`: the InvokeCommand URL with an opaque `$skiptoken`, to be POSTed the same body.
 """
 
 from __future__ import annotations
@@ -95,8 +99,12 @@ class Fault:
     """One injected misbehaviour, consumed `times` times (None: until cleared).
 
     `target` is "api" (InvokeCommand) or "token" (the token endpoint); `cmdlet` and `tenant`
-    narrow an api fault. `delay` sleeps before answering; with `status` None the request is
-    then served normally. `body` None gives a realistic default body for `status`.
+    narrow an api fault, and `later_pages_only` narrows it to requests for a page after the
+    first. `delay` sleeps before answering; with `status` None the request is then served
+    normally. `body` None gives a realistic default body for `status`. `value` replaces the
+    objects of a 200 answer (a connector without a Guid, say); `next_link` sets the
+    `@odata.nextLink` of a 200 answer; `trickle` spreads the writing of the body over that
+    many seconds, a few bytes at a time.
     """
 
     status: int | None = None
@@ -104,9 +112,13 @@ class Fault:
     content_type: str = "application/json; charset=utf-8"
     retry_after: str | None = None
     delay: float = 0.0
+    value: list[dict[str, Any]] | None = None
+    next_link: str | None = None
+    trickle: float = 0.0
     target: str = "api"
     cmdlet: str | None = None
     tenant: str | None = None
+    later_pages_only: bool = False
     times: int | None = 1
 
     @classmethod
@@ -124,6 +136,11 @@ class Fault:
         """A 403 whose body is NUL bytes, as seen from the real endpoint."""
         return cls(status=403, body=b"\x00" * 16, content_type="text/plain", **kwargs)
 
+    @classmethod
+    def huge(cls, size: int, **kwargs: Any) -> Fault:
+        """A 200 of `size` bytes that is valid JSON for an empty list: only its size is wrong."""
+        return cls(status=200, body=b'{"value": [' + b" " * size + b"]}", **kwargs)
+
 
 @dataclass(frozen=True)
 class RecordedRequest:
@@ -137,6 +154,8 @@ class RecordedRequest:
     status: int
     had_auth: bool
     client_id: str | None = None
+    prefer: str | None = None  # the Prefer header
+    body: bytes = b""  # the request body (InvokeCommand only: a token request holds secrets)
 
 
 @dataclass
@@ -147,12 +166,27 @@ class _App:
     thumbprints: frozenset[str]  # base64url SHA-1 and SHA-256 of the certificate
 
 
+@dataclass(frozen=True)
+class _AcceptedDomain:
+    name: str  # DomainName exactly as the API sends it: any case, Unicode, even invalid
+    match_subdomains: bool = False
+
+
 @dataclass
 class _Tenant:
     tenant_id: str
     apps: dict[str, _App] = field(default_factory=dict)
     connectors: list[dict[str, Any]] = field(default_factory=list)
-    accepted_domains: list[str] = field(default_factory=list)
+    accepted_domains: list[_AcceptedDomain] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Cursor:
+    """The rest of a listing, behind one $skiptoken."""
+
+    tenant_id: str
+    cmdlet_input: Any  # the parsed CmdletInput each page's request must repeat
+    objects: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -232,11 +266,15 @@ def _default_fault_body(status: int) -> bytes:
 class ExchangeSandbox:
     """The emulator. Thread-safe: the server threads and the test thread share `_lock`."""
 
-    def __init__(self, *, token_lifetime: int = 3600, workdir: Path | None = None) -> None:
+    def __init__(
+        self, *, token_lifetime: int = 3600, page_size: int = 1000, workdir: Path | None = None
+    ) -> None:
         self.token_lifetime = token_lifetime
+        self.page_size = page_size  # the most objects in one page of a list; tests lower it
         self._lock = threading.Lock()
         self._tenants: dict[str, _Tenant] = {}
         self._tokens: dict[str, _Token] = {}
+        self._cursors: dict[str, _Cursor] = {}
         self._faults: list[Fault] = []
         self._requests: list[RecordedRequest] = []
         self._tmp = (
@@ -289,10 +327,18 @@ class ExchangeSandbox:
 
     def add_tenant(self, tenant_id: str, *, accepted_domains: Iterable[str] = ()) -> None:
         with self._lock:
-            self._tenant(tenant_id).accepted_domains = list(accepted_domains)
+            domains = [_AcceptedDomain(name) for name in accepted_domains]
+            self._tenant(tenant_id).accepted_domains = domains
 
     def set_accepted_domains(self, tenant_id: str, domains: Iterable[str]) -> None:
         self.add_tenant(tenant_id, accepted_domains=domains)
+
+    def add_accepted_domain(
+        self, tenant_id: str, name: str, *, match_subdomains: bool = False
+    ) -> None:
+        """One more accepted domain; `name` is sent as given (case, Unicode, invalid names)."""
+        with self._lock:
+            self._tenant(tenant_id).accepted_domains.append(_AcceptedDomain(name, match_subdomains))
 
     def register_app(
         self,
@@ -332,6 +378,18 @@ class ExchangeSandbox:
         with self._lock:
             self._tenant(tenant_id).connectors.append(obj)
         return str(obj["Guid"])
+
+    def add_on_premises_connector(self, tenant_id: str, name: str, *, enabled: bool = True) -> str:
+        """An inbound connector of another type: OnPremises, no IP restriction, enabled."""
+        return self.add_connector(
+            tenant_id,
+            name,
+            Enabled=enabled,
+            ConnectorType="OnPremises",
+            SenderIPAddresses=[],
+            RestrictDomainsToIPAddresses=False,
+            RequireTls=False,
+        )
 
     def connector(self, tenant_id: str, guid: str) -> dict[str, Any]:
         """A copy of a connector's current state."""
@@ -383,10 +441,14 @@ class ExchangeSandbox:
 
     # ----------------------------------------------------------------------- internals
 
-    def _take_fault(self, target: str, tenant: str | None, cmdlet: str | None) -> Fault | None:
+    def _take_fault(
+        self, target: str, tenant: str | None, cmdlet: str | None, later_page: bool = False
+    ) -> Fault | None:
         with self._lock:
             for fault in self._faults:
                 if fault.target != target:
+                    continue
+                if fault.later_pages_only and not later_page:
                     continue
                 if fault.cmdlet is not None and fault.cmdlet.lower() != (cmdlet or "").lower():
                     continue
@@ -544,38 +606,100 @@ class ExchangeSandbox:
             and token.expires_at > time.time()
         )
 
-    def invoke(self, tenant_id: str, cmdlet: str, parameters: Mapping[str, Any]) -> _Answer:
-        handlers = {
+    def invoke(
+        self, tenant_id: str, cmdlet_input: Mapping[str, Any], page_size: int | None = None
+    ) -> _Answer:
+        """Run a cmdlet; a list answer holds its first page (`page_size`: from Prefer)."""
+        cmdlet = str(cmdlet_input["CmdletName"])
+        parameters = dict(cmdlet_input.get("Parameters") or {})
+        listers = {
             "get-inboundconnector": self._get_inbound_connector,
-            "set-inboundconnector": self._set_inbound_connector,
-            "new-inboundconnector": self._new_inbound_connector,
             "get-accepteddomain": self._get_accepted_domain,
         }
-        handler = handlers.get(cmdlet.lower())
-        if handler is None:
-            return _Answer(403, b"", "text/plain")  # unknown cmdlet or no RBAC role: an empty 403
+        writers = {
+            "set-inboundconnector": self._set_inbound_connector,
+            "new-inboundconnector": self._new_inbound_connector,
+        }
         with self._lock:
             tenant = self._tenant(tenant_id)
-            return handler(tenant, dict(parameters))
+            lister = listers.get(cmdlet.lower())
+            writer = writers.get(cmdlet.lower())
+            if lister is not None:
+                # A snapshot, as a server-side cursor: later writes do not shift the pages.
+                objects = json.loads(json.dumps(lister(tenant, parameters)))
+            elif writer is not None:
+                return writer(tenant, parameters)
+            else:
+                return _Answer(403, b"", "text/plain")  # unknown cmdlet or no RBAC role
+        return self._page(_Cursor(tenant.tenant_id, cmdlet_input, objects), page_size)
 
-    def _envelope(self, cmdlet: str, objects: list[dict[str, Any]], warnings: list[str]) -> _Answer:
+    def next_page(
+        self,
+        tenant_id: str,
+        skiptoken: str,
+        cmdlet_input: Mapping[str, Any],
+        page_size: int | None = None,
+    ) -> _Answer:
+        """The page behind a `$skiptoken`, for a request that repeats the listing's body."""
+        with self._lock:
+            cursor = self._cursors.get(skiptoken)
+        if cursor is None or cursor.tenant_id != tenant_id.lower():
+            return _admin_error(
+                400, "BadRequest", "System.ArgumentException", "The skip token is not valid."
+            )
+        if cursor.cmdlet_input != cmdlet_input:
+            return _admin_error(
+                400,
+                "BadRequest",
+                "System.ArgumentException",
+                "The request body is not the one that started this listing.",
+            )
+        return self._page(cursor, page_size)
+
+    def _page(self, listing: _Cursor, page_size: int | None) -> _Answer:
+        size = max(1, min(self.page_size, page_size or self.page_size))
+        page, rest = listing.objects[:size], listing.objects[size:]
+        next_link = None
+        if rest:
+            skiptoken = secrets.token_urlsafe(16)
+            with self._lock:
+                self._cursors[skiptoken] = replace(listing, objects=rest)
+            invoke_url = f"{self.url}/adminapi/beta/{listing.tenant_id}/InvokeCommand"
+            next_link = f"{invoke_url}?$skiptoken={skiptoken}"
+        cmdlet = str(listing.cmdlet_input["CmdletName"])
+        answer = self.envelope(cmdlet, page, next_link=next_link)
+        if page_size is None:
+            return answer
+        applied = {"Preference-Applied": f"odata.maxpagesize={page_size}"}
+        return replace(answer, headers={**answer.headers, **applied})
+
+    def envelope(
+        self,
+        cmdlet: str,
+        objects: list[dict[str, Any]],
+        warnings: Iterable[str] = (),
+        next_link: str | None = None,
+    ) -> _Answer:
+        """A 200 InvokeCommand answer carrying `objects`."""
         entity = "InboundConnector" if "Connector" in cmdlet else "AcceptedDomain"
-        payload = {
+        payload: dict[str, Any] = {
             "@odata.context": f"{self.url}/adminapi/beta/$metadata#{entity}",
             "adminapi.warnings@odata.type": _COLLECTION,
-            "@adminapi.warnings": warnings,
+            "@adminapi.warnings": list(warnings),
             "value": [_annotated(obj) for obj in objects],
         }
+        if next_link is not None:
+            payload["@odata.nextLink"] = next_link
         return _json(200, payload)
 
-    def _get_inbound_connector(self, tenant: _Tenant, params: dict[str, Any]) -> _Answer:
+    def _get_inbound_connector(
+        self, tenant: _Tenant, params: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         identity = params.get("Identity")
-        objects = tenant.connectors
-        if identity is not None:
-            matches = _match(tenant.connectors, str(identity))
-            # The real API answers an unknown identity with every connector; keep that quirk.
-            objects = matches or tenant.connectors
-        return self._envelope("Get-InboundConnector", objects, [])
+        if identity is None:
+            return tenant.connectors
+        # The real API answers an unknown identity with every connector; keep that quirk.
+        return _match(tenant.connectors, str(identity)) or tenant.connectors
 
     def _set_inbound_connector(self, tenant: _Tenant, params: dict[str, Any]) -> _Answer:
         identity = params.pop("Identity", None)
@@ -619,7 +743,7 @@ class ExchangeSandbox:
                 "The command completed successfully but no settings of "
                 f"'{obj['Name']}' have been modified."
             )
-        return self._envelope("Set-InboundConnector", [], warnings)
+        return self.envelope("Set-InboundConnector", [], warnings)
 
     def _new_inbound_connector(self, tenant: _Tenant, params: dict[str, Any]) -> _Answer:
         missing = [key for key in ("Name", "SenderDomains") if key not in params]
@@ -645,24 +769,26 @@ class ExchangeSandbox:
             )
         obj = _new_connector(name, params)  # Enabled defaults to true, as in Exchange
         tenant.connectors.append(obj)
-        return self._envelope("New-InboundConnector", [obj], [])
+        return self.envelope("New-InboundConnector", [obj])
 
-    def _get_accepted_domain(self, tenant: _Tenant, params: dict[str, Any]) -> _Answer:
+    def _get_accepted_domain(self, tenant: _Tenant, params: dict[str, Any]) -> list[dict[str, Any]]:
         objects = [
             {
-                "Name": domain,
-                "Identity": domain,
-                "DomainName": domain,
+                "Name": domain.name,
+                "Identity": domain.name,
+                "DomainName": domain.name,
                 "DomainType": "Authoritative",
                 "Default": index == 0,
-                "Guid": str(uuid.uuid5(uuid.NAMESPACE_DNS, domain)),
+                "MatchSubDomains": domain.match_subdomains,
+                "Guid": str(uuid.uuid5(uuid.NAMESPACE_DNS, domain.name)),
             }
             for index, domain in enumerate(tenant.accepted_domains)
         ]
         identity = params.get("Identity")
-        if identity is not None:
-            objects = [o for o in objects if o["DomainName"] == str(identity).lower()]
-        return self._envelope("Get-AcceptedDomain", objects, [])
+        if identity is None:
+            return objects
+        wanted = str(identity).casefold()
+        return [o for o in objects if str(o["DomainName"]).casefold() == wanted]
 
 
 def _match(connectors: list[dict[str, Any]], identity: str) -> list[dict[str, Any]]:
@@ -769,6 +895,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: with Nagle's algorithm on, the body then
+    # waits for the client's delayed ACK, about 40 ms an answer.
+    disable_nagle_algorithm = True
     server: _Server
     _arrived = 0.0
 
@@ -801,10 +930,12 @@ class _Handler(BaseHTTPRequestHandler):
         basic = _basic_credentials(self.headers.get("Authorization"))
         client_id = basic[0] if basic else form.get("client_id")
         fault = sandbox._take_fault("token", tenant_id.lower(), None)
-        answer = self._apply(fault) if fault else None
+        answer = self._apply(fault, "") if fault else None
         if answer is None:
             answer = sandbox.token(tenant_id, form, basic)
-        self._finish(answer, "token", tenant_id.lower(), client_id=client_id, had_auth=bool(basic))
+        self._finish(
+            answer, "token", tenant_id.lower(), fault, client_id=client_id, had_auth=bool(basic)
+        )
 
     def _invoke(self, tenant_id: str, body: bytes) -> None:
         sandbox = self.server.sandbox
@@ -820,9 +951,17 @@ class _Handler(BaseHTTPRequestHandler):
             )
             self._finish(bad, "api", tenant, had_auth=bool(authorization))
             return
-        record = {"cmdlet": cmdlet, "parameters": parameters or {}, "had_auth": bool(authorization)}
-        fault = sandbox._take_fault("api", tenant, cmdlet)
-        answer = self._apply(fault) if fault else None
+        prefer = self.headers.get("Prefer")
+        record = {
+            "cmdlet": cmdlet,
+            "parameters": parameters or {},
+            "had_auth": bool(authorization),
+            "prefer": prefer,
+            "body": body,
+        }
+        skiptoken = parse_qs(urlsplit(self.path).query).get("$skiptoken", [None])[0]
+        fault = sandbox._take_fault("api", tenant, cmdlet, later_page=skiptoken is not None)
+        answer = self._apply(fault, cmdlet) if fault else None
         if answer is None and not sandbox.authorise(tenant, authorization):
             answer = _Answer(401, b"", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         if answer is None and not isinstance(parameters, dict):
@@ -830,19 +969,34 @@ class _Handler(BaseHTTPRequestHandler):
                 400, "BadRequest", "System.ArgumentException", "Parameters must be an object."
             )
         if answer is None:
-            answer = sandbox.invoke(tenant, cmdlet, parameters or {})
-        self._finish(answer, "api", tenant, **record)
+            page_size = _max_page_size(prefer)
+            if skiptoken is None:
+                answer = sandbox.invoke(tenant, cmdlet_input, page_size)
+            else:
+                answer = sandbox.next_page(tenant, skiptoken, cmdlet_input, page_size)
+        if fault is not None and fault.next_link is not None and answer.status == 200:
+            answer = _with_next_link(answer, fault.next_link)
+        self._finish(answer, "api", tenant, fault, **record)
 
-    def _apply(self, fault: Fault) -> _Answer | None:
+    def _apply(self, fault: Fault, cmdlet: str) -> _Answer | None:
         if fault.delay:
             time.sleep(fault.delay)
+        if fault.value is not None:
+            return self.server.sandbox.envelope(cmdlet, fault.value)
         if fault.status is None:
             return None
         headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
         body = fault.body if fault.body is not None else _default_fault_body(fault.status)
         return _Answer(fault.status, body, fault.content_type, headers)
 
-    def _finish(self, answer: _Answer, endpoint: str, tenant: str | None, **record: Any) -> None:
+    def _finish(
+        self,
+        answer: _Answer,
+        endpoint: str,
+        tenant: str | None,
+        fault: Fault | None = None,
+        **record: Any,
+    ) -> None:
         self.server.sandbox._record(
             RecordedRequest(
                 at=self._arrived,
@@ -855,6 +1009,8 @@ class _Handler(BaseHTTPRequestHandler):
                 status=answer.status,
                 had_auth=record.get("had_auth", False),
                 client_id=record.get("client_id"),
+                prefer=record.get("prefer"),
+                body=record.get("body", b""),
             )
         )
         try:
@@ -865,9 +1021,39 @@ class _Handler(BaseHTTPRequestHandler):
             for name, value in answer.headers.items():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(answer.body)
+            self._write(answer.body, fault.trickle if fault else 0.0)
         except OSError:
             self.close_connection = True  # the client gave up (timeout tests)
+
+    def _write(self, body: bytes, seconds: float) -> None:
+        if seconds <= 0:
+            self.wfile.write(body)
+            return
+        pieces = max(1, round(seconds * 10))
+        size = max(1, -(-len(body) // pieces))  # ceiling: `pieces` writes cover the body
+        for start in range(0, len(body), size):
+            if start:
+                time.sleep(seconds / pieces)
+            self.wfile.write(body[start : start + size])
+
+
+def _max_page_size(prefer: str | None) -> int | None:
+    """N of `Prefer: odata.maxpagesize=N`; None when absent or unreadable."""
+    for preference in (prefer or "").split(","):
+        name, _, value = preference.partition("=")
+        if name.strip().lower() == "odata.maxpagesize":
+            try:
+                size = int(value.strip().strip('"'))
+            except ValueError:
+                return None
+            return size if size > 0 else None
+    return None
+
+
+def _with_next_link(answer: _Answer, link: str) -> _Answer:
+    payload = json.loads(answer.body)
+    payload["@odata.nextLink"] = link
+    return replace(answer, body=json.dumps(payload).encode())
 
 
 def _basic_credentials(header: str | None) -> tuple[str, str] | None:

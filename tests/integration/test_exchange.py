@@ -17,7 +17,7 @@ import trustme
 from structlog.testing import capture_logs
 
 from mxwatch.exchange import ExchangeClient
-from mxwatch.model import ErrorKind, ExchangeError, LookupStatus
+from mxwatch.model import ErrorKind, LookupStatus
 from mxwatch.sandbox.exchange_api import ExchangeSandbox, Fault
 from mxwatch.settings import SecretEnvRef, SecretFileRef
 from tests.fixtures.sandbox import (
@@ -27,27 +27,13 @@ from tests.fixtures.sandbox import (
     SECRET,
     TENANT_ID,
     AppCertificate,
+    api_calls,
+    exchange_client,
     exchange_config,
+    failure_of,
     make_app_certificate,
     tenant_config,
 )
-
-
-def client(sandbox: ExchangeSandbox, **kwargs: Any) -> ExchangeClient:
-    # Small waits keep the suite fast; tests that check Retry-After raise max_retry_wait.
-    options: dict[str, Any] = {"timeout": 5.0, "max_attempts": 3, "max_retry_wait": 0.05}
-    options.update(kwargs)
-    return ExchangeClient(exchange_config(sandbox), **options)
-
-
-def api_calls(sandbox: ExchangeSandbox, cmdlet: str | None = None) -> list[Any]:
-    return [r for r in sandbox.requests_to("api") if cmdlet is None or r.cmdlet == cmdlet]
-
-
-async def failure_of(awaitable: Any) -> ExchangeError:
-    with pytest.raises(ExchangeError) as caught:
-        await awaitable
-    return caught.value
 
 
 @pytest.fixture
@@ -65,7 +51,7 @@ async def test_secret_auth_reads_connector_by_name_and_guid_with_one_token(
     guid = sandbox.add_connector(TENANT_ID, CONNECTOR)
     sandbox.add_connector(TENANT_ID, "Outbound to somewhere else")
     tenant = tenant_config(secret_env)
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         by_name = await exchange.find_connector(tenant, CONNECTOR.upper())
         by_guid = await exchange.find_connector(tenant, "{" + guid.upper() + "}")
         for _ in range(3):
@@ -89,7 +75,7 @@ async def test_certificate_auth_obtains_token(
 ) -> None:
     sandbox.register_app(TENANT_ID, CLIENT_ID, certificate_pem=app_certificate.certificate_pem)
     sandbox.add_connector(TENANT_ID, CONNECTOR)
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         lookup = await exchange.find_connector(tenant_config(app_certificate.ref), CONNECTOR)
     assert lookup.status is LookupStatus.FOUND
     token_requests = sandbox.requests_to("token")
@@ -102,7 +88,7 @@ async def test_unregistered_certificate_is_a_credentials_failure(
 ) -> None:
     other = make_app_certificate(tmp_path, "other.pem")
     sandbox.register_app(TENANT_ID, CLIENT_ID, certificate_pem=other.certificate_pem)
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         error = await failure_of(exchange.find_connector(tenant_config(app_certificate.ref), "x"))
     assert error.failure.kind is ErrorKind.CREDENTIALS
     assert "invalid_client" in error.failure.message
@@ -114,7 +100,7 @@ async def test_wrong_secret_is_a_credentials_failure(
 ) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text("not-the-secret\n")
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         error = await failure_of(
             exchange.find_connector(tenant_config(SecretFileRef(secret_file)), CONNECTOR)
         )
@@ -127,7 +113,7 @@ async def test_unknown_tenant_is_a_credentials_failure(
     sandbox: ExchangeSandbox, secret_env: SecretEnvRef
 ) -> None:
     tenant = tenant_config(secret_env, tenant_id="99999999-9999-9999-9999-999999999999")
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         error = await failure_of(exchange.find_connector(tenant, CONNECTOR))
     assert error.failure.kind is ErrorKind.CREDENTIALS
 
@@ -141,7 +127,7 @@ async def test_token_for_another_tenant_is_rejected(
         Fault(target="token", status=200, body=sandbox.token_response(foreign), times=None)
     )
     sandbox.add_connector(TENANT_ID, CONNECTOR)
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         error = await failure_of(exchange.find_connector(tenant_config(secret_env), CONNECTOR))
     assert error.failure.kind is ErrorKind.CREDENTIALS
     assert error.failure.status == 401
@@ -156,7 +142,7 @@ async def test_unknown_identity_is_missing_although_all_connectors_came_back(
 ) -> None:
     sandbox.add_connector(TENANT_ID, "Inbound from Partner A")
     sandbox.add_connector(TENANT_ID, "Inbound from Partner B")
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         lookup = await exchange.find_connector(tenant_config(secret_env), CONNECTOR)
     assert lookup.status is LookupStatus.MISSING
     assert lookup.connector is None
@@ -169,7 +155,7 @@ async def test_duplicate_names_are_ambiguous(
 ) -> None:
     first = sandbox.add_connector(TENANT_ID, CONNECTOR)
     second = sandbox.add_connector(TENANT_ID, CONNECTOR.lower())
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         lookup = await exchange.find_connector(tenant_config(secret_env), CONNECTOR)
     assert lookup.status is LookupStatus.AMBIGUOUS
     assert first in lookup.detail and second in lookup.detail
@@ -179,7 +165,7 @@ async def test_set_enabled_changes_the_connector_and_reads_it_back(
     sandbox: ExchangeSandbox, secret_env: SecretEnvRef
 ) -> None:
     guid = sandbox.add_connector(TENANT_ID, CONNECTOR)
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         connector = await exchange.set_connector_enabled(tenant_config(secret_env), guid, True)
     assert connector.enabled is True and connector.guid == guid
     assert sandbox.connector(TENANT_ID, guid)["Enabled"] is True
@@ -192,7 +178,7 @@ async def test_no_change_warning_is_logged(
     sandbox: ExchangeSandbox, secret_env: SecretEnvRef, logs: list[MutableMapping[str, Any]]
 ) -> None:
     guid = sandbox.add_connector(TENANT_ID, CONNECTOR, Enabled=True)
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         connector = await exchange.set_connector_enabled(tenant_config(secret_env), guid, True)
     assert connector.enabled is True
     warnings = [entry for entry in logs if entry["event"] == "exchange_warning"]
@@ -204,7 +190,7 @@ async def test_no_change_warning_is_logged(
 async def test_set_on_a_vanished_connector_is_blocked(
     sandbox: ExchangeSandbox, secret_env: SecretEnvRef
 ) -> None:
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         error = await failure_of(
             exchange.set_connector_enabled(
                 tenant_config(secret_env), "0b7a4c6e-1f7e-4c3f-9a53-1c0c1a0e7d11", True
@@ -217,7 +203,7 @@ async def test_set_on_a_vanished_connector_is_blocked(
 async def test_404_on_get_is_missing(sandbox: ExchangeSandbox, secret_env: SecretEnvRef) -> None:
     sandbox.add_connector(TENANT_ID, CONNECTOR)
     sandbox.inject(Fault(status=404, cmdlet="Get-InboundConnector"))
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         lookup = await exchange.find_connector(tenant_config(secret_env), CONNECTOR)
     assert lookup.status is LookupStatus.MISSING
 
@@ -227,7 +213,7 @@ async def test_400_is_blocked_with_the_human_text(
 ) -> None:
     guid = sandbox.add_connector(TENANT_ID, CONNECTOR)
     sandbox.inject(Fault(status=400, cmdlet="Set-InboundConnector"))
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         error = await failure_of(
             exchange.set_connector_enabled(tenant_config(secret_env), guid, True)
         )
@@ -244,7 +230,7 @@ async def test_429_waits_for_retry_after_then_succeeds(
 ) -> None:
     guid = sandbox.add_connector(TENANT_ID, CONNECTOR)
     sandbox.inject(Fault(status=429, retry_after="1", cmdlet="Set-InboundConnector"))
-    async with client(sandbox, max_retry_wait=5.0) as exchange:
+    async with exchange_client(sandbox, max_retry_wait=5.0) as exchange:
         connector = await exchange.set_connector_enabled(tenant_config(secret_env), guid, True)
     assert connector.enabled is True
     first, second = api_calls(sandbox, "Set-InboundConnector")
@@ -258,7 +244,7 @@ async def test_401_gets_one_fresh_token_then_credentials(
     sandbox: ExchangeSandbox, secret_env: SecretEnvRef
 ) -> None:
     sandbox.inject(Fault(status=401, times=None))
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         error = await failure_of(exchange.find_connector(tenant_config(secret_env), CONNECTOR))
     assert error.failure.kind is ErrorKind.CREDENTIALS and error.failure.status == 401
     assert len(sandbox.requests_to("token")) == 2
@@ -270,7 +256,7 @@ async def test_revoked_token_is_replaced(
 ) -> None:
     sandbox.add_connector(TENANT_ID, CONNECTOR)
     tenant = tenant_config(secret_env)
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         await exchange.find_connector(tenant, CONNECTOR)
         sandbox.revoke_tokens()
         lookup = await exchange.find_connector(tenant, CONNECTOR)
@@ -283,7 +269,7 @@ async def test_403_with_nul_body_is_blocked(
     sandbox: ExchangeSandbox, secret_env: SecretEnvRef
 ) -> None:
     sandbox.inject(Fault.forbidden_nul())
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         error = await failure_of(exchange.find_connector(tenant_config(secret_env), CONNECTOR))
     assert error.failure.kind is ErrorKind.BLOCKED and error.failure.status == 403
     assert "permission" in error.failure.message
@@ -294,28 +280,31 @@ async def test_500_burst_beyond_attempts_is_transient(
     sandbox: ExchangeSandbox, secret_env: SecretEnvRef
 ) -> None:
     sandbox.inject(Fault(status=500, times=None))
-    async with client(sandbox, max_attempts=3) as exchange:
+    async with exchange_client(sandbox, max_attempts=3) as exchange:
         error = await failure_of(exchange.find_connector(tenant_config(secret_env), CONNECTOR))
     assert error.failure.kind is ErrorKind.TRANSIENT and error.failure.status == 500
     assert [r.status for r in api_calls(sandbox)] == [500, 500, 500]
 
 
-async def test_slow_answer_beyond_timeout_is_transient(
+async def test_answer_slower_than_the_deadline_is_transient_and_not_retried(
     sandbox: ExchangeSandbox, secret_env: SecretEnvRef
 ) -> None:
     sandbox.inject(Fault(delay=1.0, times=2))
-    async with client(sandbox, timeout=0.3, max_attempts=2) as exchange:
+    async with exchange_client(sandbox, timeout=0.3, max_attempts=2) as exchange:
         error = await failure_of(exchange.find_connector(tenant_config(secret_env), CONNECTOR))
     assert error.failure.kind is ErrorKind.TRANSIENT
-    assert "no answer within" in error.failure.message
-    assert exchange.stats.api_calls[("Get-InboundConnector", "timeout")] == 2
+    assert error.failure.message == (
+        "find_connector did not finish within its 0.3s deadline (exchange.timeout)"
+    )
+    assert error.failure.cmdlet == "Get-InboundConnector"
+    assert exchange.stats.api_calls[("Get-InboundConnector", "timeout")] == 1
 
 
 async def test_malformed_json_is_transient(
     sandbox: ExchangeSandbox, secret_env: SecretEnvRef
 ) -> None:
     sandbox.inject(Fault.malformed_json())
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         error = await failure_of(exchange.find_connector(tenant_config(secret_env), CONNECTOR))
     assert error.failure.kind is ErrorKind.TRANSIENT
     assert "not the expected JSON" in error.failure.message
@@ -326,7 +315,7 @@ async def test_plain_text_concurrency_throttle_is_retried(
 ) -> None:
     sandbox.add_connector(TENANT_ID, CONNECTOR)
     sandbox.inject(Fault.concurrent_requests(times=2))
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         lookup = await exchange.find_connector(tenant_config(secret_env), CONNECTOR)
     assert lookup.status is LookupStatus.FOUND
     assert len(api_calls(sandbox)) == 3
@@ -336,7 +325,7 @@ async def test_token_endpoint_5xx_is_transient(
     sandbox: ExchangeSandbox, secret_env: SecretEnvRef
 ) -> None:
     sandbox.inject(Fault(target="token", status=503))
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         error = await failure_of(exchange.find_connector(tenant_config(secret_env), CONNECTOR))
     assert error.failure.kind is ErrorKind.TRANSIENT
 
@@ -366,7 +355,7 @@ async def test_configured_ca_wins_over_requests_ca_bundle(
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"):
         monkeypatch.setenv(name, str(unrelated_ca))
     sandbox.add_connector(TENANT_ID, CONNECTOR)
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         lookup = await exchange.find_connector(tenant_config(secret_env), CONNECTOR)
     assert lookup.status is LookupStatus.FOUND
 
@@ -387,7 +376,7 @@ async def test_secret_and_private_key_never_reach_logs_or_errors(
         TENANT_ID, CLIENT_ID, secret=SECRET, certificate_pem=app_certificate.certificate_pem
     )
     errors: list[str] = []
-    async with client(sandbox) as exchange:
+    async with exchange_client(sandbox) as exchange:
         for credential in (secret_env, app_certificate.ref):
             tenant = tenant_config(credential)
             await exchange.set_connector_enabled(tenant, guid, True)

@@ -8,6 +8,7 @@ connector is enabled early, and that the next cycle recovers.
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
@@ -16,15 +17,18 @@ from tests.fixtures.faults import (  # noqa: F401 - frig_fixture registers the f
     Event,
     FaultRig,
     check_journal,
+    eventually,
     frig_fixture,
     tenant_moves,
 )
 from tests.fixtures.knot import free_port
-from tests.fixtures.rig import Run, contoso, enabled
+from tests.fixtures.rig import M365_MX, Run, contoso, enabled
+from tests.fixtures.sandbox import TENANT_ID
 from tests.fixtures.service import Service
 
 GET = "Get-InboundConnector"
 SET = "Set-InboundConnector"
+DOMAINS = "Get-AcceptedDomain"
 
 
 def errors(run: Run) -> list[tuple[str, str, int | None]]:
@@ -152,20 +156,80 @@ def test_plain_text_concurrency_throttle_is_retried_and_enables(frig: FaultRig) 
     check_journal(frig, run.events)
 
 
-def test_answer_slower_than_the_timeout_is_retried(frig: FaultRig) -> None:
-    """The Set times out on our side but completes on the server: the retry and the read-back
-    see it enabled, and the journal has exactly one transition into enabled."""
+def test_a_set_slower_than_the_deadline_is_transient_and_the_next_cycle_heals(
+    frig: FaultRig,
+) -> None:
+    """The Set passes the deadline on our side but completes on the server: the next cycle
+    sees it enabled, with exactly one transition into enabled and one Set that succeeded."""
     frig.policy["confirmations"] = 1
     frig.overrides[("exchange", "timeout")] = "1s"
     guid = contoso(frig)
     frig.sandbox.inject(Fault(delay=2.0, cmdlet=SET))
     run = frig.once()
-    assert run.code == 0, run.stdout
-    (retry,) = run.named("exchange_retry")
-    assert retry["cmdlet"] == SET and "no answer within 1.0s" in retry["reason"]
-    assert enabled(frig, guid)
-    journal = check_journal(frig, run.events)
-    assert tenant_moves(journal) == [("waiting", "settling"), ("settling", "enabled")]
+    events = list(run.events)
+    assert run.code == 1, run.stdout
+    (error,) = run.named("exchange_error")
+    assert (error["cmdlet"], error["kind"]) == (SET, "transient")
+    assert "set_connector_enabled did not finish within its 1s deadline" in error["error"]
+    assert frig.status()["contoso"]["state"] == "settling"
+    eventually(lambda: enabled(frig, guid), what="the server to apply the Set")
+    recover(frig, guid, events)
+    assert [r.status for r in frig.set_calls()].count(200) == 1
+
+
+def test_a_trickled_answer_ends_the_run_at_the_deadline(frig: FaultRig) -> None:
+    frig.policy["confirmations"] = 1
+    frig.overrides[("exchange", "timeout")] = "2s"
+    guid = contoso(frig)
+    frig.sandbox.inject(Fault(trickle=15.0, cmdlet=GET))
+    started = time.monotonic()
+    run = frig.once()
+    elapsed = time.monotonic() - started
+    events = list(run.events)
+    assert elapsed < 10  # the trickle would hold the read for 15 s
+    assert run.code == 1, run.stdout
+    (error,) = run.named("exchange_error")
+    assert error["kind"] == "transient" and "within its 2s deadline" in error["error"], error
+    assert frig.set_calls() == [] and frig.status()["contoso"]["state"] != "blocked"
+    recover(frig, guid, events)
+
+
+# --- listings: every page, or nothing --------------------------------------------------------
+
+
+def test_a_direct_accepted_domain_on_a_later_page_keeps_the_connector_disabled(
+    frig: FaultRig,
+) -> None:
+    frig.policy["confirmations"] = 1
+    frig.sandbox.page_size = 1
+    guid = contoso(frig)
+    frig.knot.add_zone("legacy-contoso.com", mx=M365_MX)
+    frig.sandbox.set_accepted_domains(TENANT_ID, ["contoso.com", "legacy-contoso.com"])
+    run = frig.once()
+    assert not enabled(frig, guid) and frig.set_calls() == []
+    status = frig.status()["contoso"]
+    assert status["state"] == "blocked" and "legacy-contoso.com" in status["reason"]
+    pages = [r.path for r in frig.sandbox.requests_to("api") if r.cmdlet == DOMAINS]
+    assert len(pages) == 2 and "$skiptoken=" in pages[1], pages
+    assert run.named("accepted_domains_added")
+
+
+def test_a_failing_later_page_keeps_the_tenant_from_enabling(frig: FaultRig) -> None:
+    frig.policy["confirmations"] = 1
+    frig.sandbox.page_size = 1
+    guid = contoso(frig)
+    frig.sandbox.inject(
+        Fault(status=503, retry_after="0", cmdlet=DOMAINS, later_pages_only=True, times=None)
+    )
+    run = frig.once()
+    events = list(run.events)
+    assert run.code == 1, run.stdout
+    (error,) = run.named("exchange_error")
+    assert error["kind"] == "transient", error
+    assert "the listing is incomplete, page 2 was not read" in error["error"]
+    assert frig.set_calls() == [] and not enabled(frig, guid)
+    assert frig.status()["contoso"]["state"] in ("waiting", "settling")
+    recover(frig, guid, events)
 
 
 def test_token_endpoint_refusing_connections_is_transient(frig: FaultRig) -> None:

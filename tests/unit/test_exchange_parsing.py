@@ -1,4 +1,4 @@
-"""exchange.py's pure parts: response parsing, error text, Retry-After."""
+"""exchange.py's pure parts: response parsing, next-page links, error text, Retry-After."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import pytest
 from mxwatch.exchange import (
     connector_from_object,
     error_text,
+    follow_link,
     lookup_from_objects,
+    next_link_of,
     parse_objects,
     retry_after_seconds,
 )
-from mxwatch.model import LookupStatus
+from mxwatch.model import ErrorKind, ExchangeError, LookupStatus
 
 GUID = "ac4d5ab0-6637-4e91-8d47-f5c2e95c71d9"
 
@@ -38,6 +40,50 @@ def test_parse_objects_tolerates_missing_value_and_rejects_non_objects() -> None
         parse_objects(["not", "an", "object"])
 
 
+def test_next_link_of_a_last_page_is_none_and_a_bad_link_is_an_error() -> None:
+    assert next_link_of({"value": []}) is None
+    assert next_link_of({"@odata.nextLink": None}) is None
+    assert next_link_of({"@odata.nextLink": " https://a/b?$skiptoken=1 "}) == (
+        "https://a/b?$skiptoken=1"
+    )
+    for bad in ("", "  ", 7, ["https://a/b"]):
+        with pytest.raises(ValueError, match="not a URL"):
+            next_link_of({"@odata.nextLink": bad})
+
+
+ADMIN = "https://outlook.office365.com"
+PAGE = f"{ADMIN}/adminapi/beta/t/InvokeCommand"
+
+
+@pytest.mark.parametrize(
+    ("link", "expected"),
+    [
+        (f"{PAGE}?$skiptoken=2", f"{PAGE}?$skiptoken=2"),
+        ("https://OUTLOOK.office365.com:443/x", "https://OUTLOOK.office365.com:443/x"),
+        ("InvokeCommand?$skiptoken=2", f"{PAGE}?$skiptoken=2"),  # relative to the page
+    ],
+)
+def test_follow_link_accepts_the_admin_origin(link: str, expected: str) -> None:
+    assert follow_link(link, PAGE, ADMIN) == expected
+
+
+@pytest.mark.parametrize(
+    ("link", "reason"),
+    [
+        ("http://outlook.office365.com/x", "not https"),
+        ("https://outlook.office365.com.evil.example/x", "not the admin URL"),
+        ("https://outlook.office365.com:8443/x", "port 8443, not the admin URL"),
+        ("//evil.example/x", "'evil.example' port 443"),
+        ("https://me@outlook.office365.com/x", "user information"),
+        ("https://outlook.office365.com:99999/x", "invalid port"),
+        ("mailto:a@outlook.office365.com", "not https"),
+    ],
+)
+def test_follow_link_refuses_any_other_destination(link: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        follow_link(link, PAGE, ADMIN)
+
+
 def test_connector_defaults_for_missing_and_null_fields() -> None:
     connector = connector_from_object({"Name": "A", "Guid": GUID, "SenderIPAddresses": None})
     assert connector.enabled is False
@@ -58,6 +104,17 @@ def test_lookup_matches_guid_in_any_spelling_and_name_case_insensitively() -> No
     assert lookup_from_objects("INBOUND", objects).status is LookupStatus.FOUND
     missing = lookup_from_objects("Nope", objects)
     assert missing.status is LookupStatus.MISSING and missing.returned == 2
+
+
+@pytest.mark.parametrize("guid", [None, "", "inbound", "{not-a-guid}"])
+def test_lookup_of_a_match_without_a_valid_guid_fails(guid: str | None) -> None:
+    objects = [{"Name": "Inbound", "Guid": guid}, {"Name": "Other", "Guid": GUID}]
+    with pytest.raises(ExchangeError) as caught:
+        lookup_from_objects("inbound", objects)
+    assert caught.value.failure.kind is ErrorKind.TRANSIENT
+    assert "connector 'Inbound' came back without a valid Guid" in caught.value.failure.message
+    # The others may lack one: only the match is ever written to.
+    assert lookup_from_objects("Other", objects).status is LookupStatus.FOUND
 
 
 @pytest.mark.parametrize(
