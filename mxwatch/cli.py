@@ -195,6 +195,8 @@ def _status(config: Config, *, as_json: bool) -> int:
         )
         if tenant["eligible_at"]:
             _print_line(f"    eligible at {tenant['eligible_at']}: {tenant['eligible_reason']}")
+        if tenant["waiting_for"]:
+            _print_line(f"    waiting for: {tenant['waiting_for']}")
         for domain in tenant["domains"]:
             mx = ", ".join(f"{m['preference']} {m['exchange']}" for m in domain["mx"]) or "-"
             _print_line(f"    {domain['domain']:<30} {domain['verdict'] or '-':<9} {mx}")
@@ -222,6 +224,7 @@ def _tenant_status(stored: StoredTenant) -> dict[str, Any]:
         "eligible_at": _iso(record.eligible_at),
         "eligible_reason": record.eligible_reason or None,
         "reason": record.reason,
+        "waiting_for": record.waiting_for or None,
         "confirmations": record.confirmations,
         "connector": {
             "identity": stored.connector,
@@ -236,6 +239,8 @@ def _tenant_status(stored: StoredTenant) -> dict[str, Any]:
                 "mx": [{"preference": m.preference, "exchange": m.exchange} for m in d.mx],
                 "ttl": d.ttl,
                 "checked_at": _iso(d.checked_at),
+                "filtered_since": _iso(d.filtered_since),
+                "filtered_count": d.filtered_count,
             }
             for d in stored.domains
         ],

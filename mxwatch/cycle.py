@@ -185,7 +185,7 @@ class _TenantRun:
             covered = await self._cover(covered, reads.accepted)
             decision = self._decide(covered, reads)
         self._note(decision)
-        record = decision.record
+        record = replace(decision.record, waiting_for=decision.waiting_for)
         if decision.intent_settled:
             self.intent = None
         if decision.confirmed is not None:
@@ -293,7 +293,7 @@ class _TenantRun:
         self._note(decision)
         if decision.intent_settled:
             self.intent = None
-        return decision.record
+        return replace(decision.record, waiting_for=decision.waiting_for)
 
     def _log_write(self, action: WriteAction, guid: str, **fields: Any) -> None:
         event = "connector_enabled" if action is WriteAction.ENABLE else "connector_disabled"

@@ -190,6 +190,7 @@ class TenantRecord:
     confirmations: int = 0  # the fewest filtered observations of any covered domain (status)
     eligible_at: datetime | None = None
     eligible_reason: str = ""
+    waiting_for: str = ""  # why the last cycle changed nothing, when something might have
     connector_guid: str | None = None
     connector_enabled: bool | None = None
     connector_checked_at: datetime | None = None

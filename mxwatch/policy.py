@@ -766,7 +766,7 @@ def _found_enabled(journal: _Journal, record: TenantRecord, intent: Intent | Non
 
 def _waiting(cycle: _Cycle, record: TenantRecord) -> _Outcome:
     if outlook(cycle.covered) is not Outlook.ALL_FILTERED:
-        return _Outcome(record)
+        return _Outcome(record, waiting_for=_not_filtered(cycle.covered))
     record = cycle.journal.move(record, TenantState.SETTLING, "every covered domain filtered")
     return _maybe_enable(cycle, record)
 

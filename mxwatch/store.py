@@ -120,6 +120,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "UPDATE domain SET filtered_since = NULL, old_ttl_cached = old_ttl, old_ttl = NULL,"
         " accepted = 1",
         "ALTER TABLE tenant DROP COLUMN regressions",
+        "ALTER TABLE tenant ADD COLUMN waiting_for TEXT NOT NULL DEFAULT ''",
         # The write-ahead intent: committed before a connector write, removed when the cycle
         # that made the write (or a later one that read it back) records its outcome.
         """CREATE TABLE intent (
@@ -135,8 +136,8 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 _UPSERT_TENANT = """
     INSERT INTO tenant (
         name, tenant_id, connector, state, since, reason, confirmations, eligible_at,
-        eligible_reason, connector_guid, connector_enabled, connector_checked_at
-    ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        eligible_reason, waiting_for, connector_guid, connector_enabled, connector_checked_at
+    ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (name) DO UPDATE SET
         tenant_id = excluded.tenant_id,
         connector = excluded.connector,
@@ -146,6 +147,7 @@ _UPSERT_TENANT = """
         confirmations = excluded.confirmations,
         eligible_at = excluded.eligible_at,
         eligible_reason = excluded.eligible_reason,
+        waiting_for = excluded.waiting_for,
         connector_guid = excluded.connector_guid,
         connector_enabled = excluded.connector_enabled,
         connector_checked_at = excluded.connector_checked_at
@@ -661,6 +663,7 @@ def _tenant_row(t: StoredTenant) -> tuple[Any, ...]:
         r.confirmations,
         _time_to_db(r.eligible_at, f"{where}: eligible_at"),
         r.eligible_reason,
+        r.waiting_for,
         r.connector_guid,
         None if r.connector_enabled is None else int(r.connector_enabled),
         _time_to_db(r.connector_checked_at, f"{where}: connector_checked_at"),
@@ -677,6 +680,7 @@ def _tenant_record(row: sqlite3.Row) -> TenantRecord:
         confirmations=row["confirmations"],
         eligible_at=_time_from_db(row["eligible_at"]),
         eligible_reason=row["eligible_reason"],
+        waiting_for=row["waiting_for"],
         connector_guid=row["connector_guid"],
         connector_enabled=None if enabled is None else bool(enabled),
         connector_checked_at=_time_from_db(row["connector_checked_at"]),

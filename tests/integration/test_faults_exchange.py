@@ -208,7 +208,7 @@ def test_a_direct_accepted_domain_on_a_later_page_keeps_the_connector_disabled(
     run = frig.once()
     assert not enabled(frig, guid) and frig.set_calls() == []
     status = frig.status()["contoso"]
-    assert status["state"] == "blocked" and "legacy-contoso.com" in status["reason"]
+    assert status["state"] == "waiting" and "legacy-contoso.com is direct" in status["waiting_for"]
     pages = [r.path for r in frig.sandbox.requests_to("api") if r.cmdlet == DOMAINS]
     assert len(pages) == 2 and "$skiptoken=" in pages[1], pages
     assert run.named("accepted_domains_added")

@@ -54,6 +54,7 @@ def test_accepted_domain_outside_config_is_covered_and_holds_the_enable(rig: Rig
     assert not enabled(rig, guid)
     status = rig.status()["contoso"]
     assert status["state"] == "waiting"
+    assert status["waiting_for"] == "legacy-contoso.com is direct"
     verdicts = {d["domain"]: d["verdict"] for d in status["domains"]}
     assert verdicts == {"contoso.com": "filtered", "legacy-contoso.com": "direct"}
 
