@@ -151,7 +151,11 @@ async def run_cycle(
 async def _run_tenant(context: _CycleContext, tenant: TenantConfig) -> TenantResult:
     stored = context.store.load(tenant.name)
     previous = stored or StoredTenant(
-        tenant.tenant_id, tenant.connector, TenantRecord(tenant.name, since=context.now), ()
+        tenant.tenant_id,
+        tenant.connector,
+        TenantRecord(tenant.name, since=context.now),
+        (),
+        context.store.load_intent(tenant.name),  # a first cycle may have been interrupted
     )
     run = _TenantRun(context, tenant, previous)
     try:

@@ -291,6 +291,15 @@ class Store:
             row = self._conn.execute("SELECT * FROM tenant WHERE name = ?", (tenant,)).fetchone()
             return None if row is None else self._stored_tenant(row)
 
+    def load_intent(self, tenant: str) -> Intent | None:
+        """A pending write of a tenant never saved yet (its first cycle was interrupted)."""
+        with self._using("reading an intent of " + tenant):
+            row = self._conn.execute("SELECT * FROM intent WHERE tenant = ?", (tenant,)).fetchone()
+        if row is None:
+            return None
+        with self._decoding(f"the intent of tenant {tenant}"):
+            return _intent(row)
+
     def load_all(self) -> list[StoredTenant]:
         """Every stored tenant, ordered by name (including tenants no longer configured)."""
         with self._using("reading tenants"):

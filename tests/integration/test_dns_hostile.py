@@ -8,30 +8,18 @@ datagrams it receives.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 from mxwatch.dns import BUDGET_TIMEOUTS, MAX_NS_HOSTS, MAX_SERVER_ADDRESSES, DnsObserver
 from mxwatch.model import DomainObservation, Observation, Verdict
 from mxwatch.providers import MAILPROTECTOR
-from tests.fixtures.bad_dns import BadDns
+from tests.fixtures.bad_dns import BadDns, silent_servers
 from tests.fixtures.knot import AuthLab
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 FILTER = "mx1.inbound.emailservice.io."
 TRIES = 2  # dns.py asks an authoritative server twice before it calls it a timeout
-
-
-@contextlib.contextmanager
-def silent_servers(lab: AuthLab, addresses: Sequence[str]) -> Iterator[dict[str, BadDns]]:
-    """A UDP socket on each address, at the lab's port, that reads and never answers."""
-    with contextlib.ExitStack() as stack:
-        yield {
-            address: stack.enter_context(BadDns(mode="drop", address=address, port=lab.port))
-            for address in addresses
-        }
 
 
 def datagrams(servers: dict[str, BadDns]) -> dict[str, int]:
@@ -54,7 +42,7 @@ async def test_hundred_name_servers_on_ten_silent_addresses(auth_lab: AuthLab) -
     observer = DnsObserver(auth_lab.dns_config(timeout=0.5))
     requests = [("hostile.test", MAILPROTECTOR), ("normal.test", MAILPROTECTOR)]
 
-    with silent_servers(auth_lab, silent) as servers:
+    with silent_servers(silent, auth_lab.port) as servers:
         started = time.monotonic()
         results = await observer.observe_many(requests, NOW)
         elapsed = time.monotonic() - started
@@ -92,7 +80,7 @@ async def test_budget_ends_a_domain_and_frees_its_query_slots(auth_lab: AuthLab)
     auth_lab.add_zone("after.test", mx=[(10, FILTER)])
     observer = DnsObserver(auth_lab.dns_config(timeout=0.4), concurrency=1)
 
-    with silent_servers(auth_lab, silent) as servers:
+    with silent_servers(silent, auth_lab.port) as servers:
         started = time.monotonic()
         slow = await observer.observe("slow.test", MAILPROTECTOR, NOW)
         elapsed = time.monotonic() - started
@@ -117,7 +105,7 @@ async def test_addresses_beyond_the_bound_are_named_not_skipped(auth_lab: AuthLa
     )
     observer = DnsObserver(auth_lab.dns_config(timeout=0.4))
 
-    with silent_servers(auth_lab, silent) as servers:
+    with silent_servers(silent, auth_lab.port) as servers:
         result = await observer.observe("wide.test", MAILPROTECTOR, NOW)
         received = datagrams(servers)
 

@@ -1,8 +1,9 @@
 """Fault matrix, the process: kill -9 in the middle of a cycle and of an enable.
 
-A crash between the Exchange write and the store record is healed on restart, because the
-connector is read again before any action (DESIGN.md §3): the tenant ends enabled, with
-exactly one transition into enabled in the journal and nothing lost from before the crash.
+A crash between the Exchange write and the store record is healed on restart: the intent
+committed before the write makes the next cycle read the connector back (DESIGN.md §3), and
+the tenant ends enabled, with exactly one transition into enabled in the journal, which says
+mxwatch made it, and nothing lost from before the crash.
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ def test_kill9_of_once_during_the_enable_heals_on_the_next_run(frig: FaultRig, s
     assert journal[: len(before)] == before
     assert into_enabled(journal) == 1
     assert len([r for r in frig.set_calls() if r.status == 200]) == 1  # no second write
+    # The intent committed before the Set says who made it.
+    (into,) = [e for e in journal if e["domain"] is None and e["to"] == "enabled"]
+    assert into["reason"].startswith("enabled by mxwatch at "), into
+    (confirmed,) = heal.named("connector_enabled")
+    assert confirmed["recovered"] is True
 
 
 def test_kill9_of_the_daemon_during_the_enable_heals_on_restart(frig: FaultRig) -> None:
@@ -99,6 +105,8 @@ def test_kill9_of_the_daemon_during_the_enable_heals_on_restart(frig: FaultRig) 
     journal = check_journal(frig, [*first, *second])
     assert into_enabled(journal) == 1
     assert len([r for r in frig.set_calls() if r.status == 200]) == 1
+    (into,) = [e for e in journal if e["domain"] is None and e["to"] == "enabled"]
+    assert into["reason"].startswith("enabled by mxwatch at "), into
 
 
 def test_kill9_during_the_dns_phase_keeps_the_recorded_state(

@@ -577,6 +577,9 @@ def test_an_intent_is_committed_at_once_and_kept_until_a_cycle_settles_it(db: Pa
         with Store.open_readonly(db) as reader:  # committed: another process sees it
             loaded = reader.load("a")
             assert loaded is not None and loaded.intent == intent
+        assert store.load_intent("never-saved") is None
+        store.record_intent("never-saved", intent)  # a first cycle, interrupted after the write
+        assert store.load("never-saved") is None and store.load_intent("never-saved") == intent
         store.save_cycle([minimal_tenant("a")], [])  # the cycle settled it: intent None
         loaded = store.load("a")
         assert loaded is not None and loaded.intent is None
