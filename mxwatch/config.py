@@ -78,7 +78,6 @@ _ENV_REF_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-
 # Tenant names appear in log lines and on the command line (`mxwatch history NAME`).
 _TENANT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _PROVIDER_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-_HOST_LABEL_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 _CREDENTIAL_KEYS = ("certificate", "client_secret_file", "client_secret_env")
 # Key names that would hold a secret written inline; such a key is always refused.
@@ -247,7 +246,7 @@ def _domain(value: str) -> str:
     except BadName as exc:
         raise ValueError(str(exc)) from None
     labels = name.split(".")
-    if len(labels) < 2 or not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
+    if len(labels) < 2:
         raise ValueError(f"{value!r} is not a valid mail domain (such as example.com)")
     return name
 

@@ -515,8 +515,8 @@ class ExchangeClient:
         for obj in objects:
             raw = obj.get("DomainName")
             try:
-                if not isinstance(raw, str) or not raw.isprintable():
-                    raise BadName("not a domain name")  # names.py lets control characters by
+                if not isinstance(raw, str):
+                    raise BadName("not a domain name")
                 name = normalise_name(raw)
             except BadName:
                 # No domain name is longer than _MAX_TEXT: the cut loses nothing readable.

@@ -9,9 +9,14 @@ joiners: a name read that way is a different name than the one the world resolve
 
 from __future__ import annotations
 
+import re
+
 import idna
 
 MAX_NAME_LENGTH = 253
+# Letters, digits and hyphens, not at either end (RFC 1123); underscores too, as some zones
+# use them. Anything else (spaces, control characters) is not a name a resolver would ask.
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
 class BadName(ValueError):
@@ -41,6 +46,8 @@ def _ascii_name(text: str, original: str) -> str:
     # accepts, so that "xn--" garbage is not compared as if it were a name.
     labels = text.lower().split(".")
     for label in labels:
+        if not _LABEL.fullmatch(label):
+            raise BadName(f"{original!r} is not a valid domain name: bad label {label!r}")
         if label.startswith("xn--"):
             try:
                 idna.decode(label)

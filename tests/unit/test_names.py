@@ -36,6 +36,10 @@ def test_sharp_s_and_ss_are_different_domains() -> None:
         pytest.param("-foo-ü.com", id="hyphen-at-start"),
         pytest.param("", id="empty"),
         pytest.param("x" * 250 + ".com", id="too-long"),
+        pytest.param("a b.example", id="space"),
+        pytest.param("evil\n.example", id="control-character"),
+        pytest.param("-a.example", id="ascii-hyphen-at-start"),
+        pytest.param("x" * 64 + ".example", id="label-too-long"),
     ],
 )
 def test_names_idna_2008_rejects(name: str) -> None:
