@@ -193,7 +193,8 @@ class _TenantRun:
         if decision.intent_settled:
             self.intent = None
         if decision.confirmed is not None:
-            self._log_write(decision.confirmed.action, decision.confirmed.guid, recovered=True)
+            enabled = decision.confirmed.action is WriteAction.ENABLE
+            self._log_write(enabled, decision.confirmed.guid, recovered=True)
         for action in decision.actions:
             record = await self._act(record, covered, action)
         domains = tuple(self.records[d] for d in covered)
@@ -291,7 +292,7 @@ class _TenantRun:
         except ExchangeError as exc:
             outcome = self._failed("Set-InboundConnector", exc.failure)
         else:
-            self._log_write(intent.action, outcome.guid, read_back_enabled=outcome.enabled)
+            self._log_write(outcome.enabled, outcome.guid, read_back_enabled=outcome.enabled)
         domains = [self.records[d] for d in covered]
         decision = policy.after_action(self.tenant.name, record, domains, action, outcome, self.now)
         self._note(decision)
@@ -299,8 +300,9 @@ class _TenantRun:
             self.intent = None
         return replace(decision.record, waiting_for=decision.waiting_for)
 
-    def _log_write(self, action: WriteAction, guid: str, **fields: Any) -> None:
-        event = "connector_enabled" if action is WriteAction.ENABLE else "connector_disabled"
+    def _log_write(self, enabled: bool, guid: str, **fields: Any) -> None:
+        """connector_enabled or connector_disabled, as the connector was read back."""
+        event = "connector_enabled" if enabled else "connector_disabled"
         log.info(
             event, tenant=self.tenant.name, connector=self.tenant.connector, guid=guid, **fields
         )
