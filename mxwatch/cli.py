@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, daemon, health, logs
+from . import __version__, daemon, health, logs, runner
 from .config import ConfigError, default_config_path, load_config
 from .credentials import check_credential, credential_refs, exposed_secret_files
 from .cycle import DEFAULT_LOCK_WAIT
@@ -136,7 +136,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if args.once:
         dry_run = args.dry_run or config.daemon.dry_run
         return asyncio.run(
-            daemon.run_once(
+            runner.run_once(
                 config, dry_run=dry_run, metrics_file=args.metrics_file, lock_wait=args.lock_wait
             )
         )

@@ -16,20 +16,19 @@ import logging
 import os
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, health
 from .config import ConfigError, load_config
-from .credentials import exposed_secret_files
-from .cycle import DEFAULT_LOCK_WAIT, CycleReport, run_cycle
+from .cycle import DEFAULT_LOCK_WAIT
 from .dns import DnsObserver
 from .exchange import ExchangeClient
 from .logs import get_logger
 from .metrics import Metrics, MetricsServer
 from .notify import WebhookNotifier, safe_target
+from .runner import NOTIFY_FLUSH, Services, cycle_and_record, warn_exposed_secret_files
 from .sdnotify import Notifier as SystemdNotifier
 from .settings import Config
 from .store import Store, StoreBusy
@@ -41,7 +40,6 @@ if TYPE_CHECKING:  # imported where used: `--once` and the other commands never 
 log = get_logger("mxwatch.daemon")
 
 SHUTDOWN_GRACE = 30.0  # seconds a running cycle gets to finish after SIGTERM
-NOTIFY_FLUSH = 5.0  # seconds queued webhook posts get at exit
 _JOB = "cycle"
 
 
@@ -67,72 +65,6 @@ def summary(config: Config, *, dry_run: bool) -> dict[str, Any]:
             else None
         ),
     }
-
-
-@dataclass
-class Services:
-    """What one cycle needs beyond the config; owned by the caller."""
-
-    store: Store
-    dns: DnsObserver
-    exchange: ExchangeClient
-    metrics: Metrics
-    notifier: WebhookNotifier | None = None
-
-
-async def cycle_and_record(
-    config: Config, services: Services, *, dry_run: bool, lock_wait: float, holder: str
-) -> CycleReport:
-    """One cycle, then what the service adds: the health record, metrics, notifications."""
-    report = await run_cycle(
-        config,
-        services.store,
-        services.dns,
-        services.exchange,
-        dry_run=dry_run,
-        lock_wait=lock_wait,
-        holder=holder,
-    )
-    finished = datetime.now(UTC)
-    services.store.record_cycle(finished, ok=report.errors == 0)
-    services.metrics.observe(report, finished, services.exchange.stats)
-    if services.notifier is not None:
-        services.notifier.submit(report.journal)  # never waits; see notify.py
-    return report
-
-
-async def run_once(
-    config: Config, *, dry_run: bool, metrics_file: Path | None, lock_wait: float
-) -> int:
-    """`mxwatch --once`: one cycle, flush notifications briefly, write the metrics file."""
-    warn_exposed_secret_files(config)
-    metrics = Metrics()
-    with Store.open(config.daemon.state) as store:
-        metrics.restore(store.last_cycle())
-        notifier = WebhookNotifier(config.notify) if config.notify.webhook else None
-        async with ExchangeClient(config.exchange) as exchange:
-            services = Services(store, DnsObserver(config.dns), exchange, metrics, notifier)
-            try:
-                report = await cycle_and_record(
-                    config, services, dry_run=dry_run, lock_wait=lock_wait, holder="mxwatch --once"
-                )
-            finally:
-                if notifier is not None:
-                    await notifier.aclose(NOTIFY_FLUSH)
-    if metrics_file is not None:
-        metrics.write_textfile(metrics_file)
-    return report.exit_code
-
-
-def warn_exposed_secret_files(config: Config) -> None:
-    """A warning at start-up for each credential file every user can read (still used)."""
-    for exposed in exposed_secret_files(config):
-        log.warning(
-            "secret_file_permissions",
-            key=exposed.key,
-            mode=f"{exposed.mode:04o}",
-            fix="chmod o-rwx the file (0600, or 0640 for a group)",
-        )
 
 
 class _SchedulerLogBridge(logging.Handler):

@@ -591,8 +591,8 @@ class DnsObserver:
                 result = await self.observe(domain, provider, now)
                 results[result.domain] = result
 
-        # As many workers as query slots, not a task per domain: 10,000 suspended tasks and
-        # their frames cost about 60 MB for no gain, since the slots bound the queries anyway.
+        # As many workers as query slots, not a task per domain: the slots bound the queries
+        # anyway, and a suspended task per domain would only hold memory.
         workers = min(self._concurrency, len(requests)) or 1
         await asyncio.gather(*(worker() for _ in range(workers)))
         return results
