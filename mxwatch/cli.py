@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from typing import Any
 from . import __version__, daemon, health, logs, runner
 from .config import ConfigError, default_config_path, load_config
 from .credentials import check_credential, credential_refs, exposed_secret_files
-from .cycle import DEFAULT_LOCK_WAIT
+from .cycle import DEFAULT_LOCK_WAIT, TenantPlan
+from .model import DomainRecord
+from .policy import Enable
 from .settings import Config
 from .store import Store, StoredTenant, StoreError
 
@@ -60,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "check-config", parents=[common], help="validate the config and its credential files"
     )
+    plan = commands.add_parser(
+        "plan",
+        parents=[common],
+        help="what a cycle would do now, and what holds each tenant (reads only, writes nothing)",
+        description=(
+            "A live, read-only cycle: every tenant's domains are looked up and its connector "
+            "and accepted domains read, then decided as a cycle would. Nothing is written to "
+            "Exchange or to the state. Exit codes as --once."
+        ),
+    )
+    plan.add_argument("tenants", nargs="*", metavar="TENANT", help="only these tenants")
+    plan.add_argument("--json", action="store_true", help="one JSON object")
     commands.add_parser(
         "health",
         parents=[common],
@@ -106,7 +121,8 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure(args.log_level)
+    # A command that prints a report keeps stdout for it; its log lines go to stderr.
+    logs.configure(args.log_level, stream=sys.stderr if args.command == "plan" else None)
     try:
         config = load_config(args.config or default_config_path(os.environ), environ=os.environ)
     except ConfigError as exc:
@@ -121,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if args.command == "check-config":
         return _check_config(config)
+    if args.command == "plan":
+        return _plan(config, args.tenants, as_json=args.json)
     if args.command == "status":
         return _status(config, as_json=args.json)
     if args.command == "history":
@@ -198,9 +216,13 @@ def _status(config: Config, *, as_json: bool) -> int:
         if tenant["waiting_for"]:
             _print_line(f"    waiting for: {tenant['waiting_for']}")
         for domain in tenant["domains"]:
-            mx = ", ".join(f"{m['preference']} {m['exchange']}" for m in domain["mx"]) or "-"
-            _print_line(f"    {domain['domain']:<30} {domain['verdict'] or '-':<9} {mx}")
+            _print_domain(domain)
     return EXIT_OK
+
+
+def _print_domain(domain: dict[str, Any]) -> None:
+    mx = ", ".join(f"{m['preference']} {m['exchange']}" for m in domain["mx"]) or "-"
+    _print_line(f"    {domain['domain']:<30} {domain['verdict'] or '-':<9} {mx}")
 
 
 def _print_line(line: str) -> None:
@@ -232,19 +254,85 @@ def _tenant_status(stored: StoredTenant) -> dict[str, Any]:
             "enabled": record.connector_enabled,
             "checked_at": _iso(record.connector_checked_at),
         },
-        "domains": [
-            {
-                "domain": d.domain,
-                "verdict": d.verdict.value if d.verdict else None,
-                "mx": [{"preference": m.preference, "exchange": m.exchange} for m in d.mx],
-                "ttl": d.ttl,
-                "checked_at": _iso(d.checked_at),
-                "filtered_since": _iso(d.filtered_since),
-                "filtered_count": d.filtered_count,
-            }
-            for d in stored.domains
-        ],
+        "domains": [_domain_status(d) for d in stored.domains],
     }
+
+
+def _domain_status(d: DomainRecord) -> dict[str, Any]:
+    return {
+        "domain": d.domain,
+        "verdict": d.verdict.value if d.verdict else None,
+        "mx": [{"preference": m.preference, "exchange": m.exchange} for m in d.mx],
+        "ttl": d.ttl,
+        "checked_at": _iso(d.checked_at),
+        "filtered_since": _iso(d.filtered_since),
+        "filtered_count": d.filtered_count,
+    }
+
+
+def _plan(config: Config, names: Sequence[str], *, as_json: bool) -> int:
+    known = [t.name for t in config.tenants]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        print(
+            f"mxwatch: no tenant named {', '.join(map(repr, unknown))} in {config.path} "
+            f"(tenants: {', '.join(known)})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    chosen = tuple(t for t in config.tenants if not names or t.name in names)
+    plans = asyncio.run(runner.run_plan(replace(config, tenants=chosen)))
+    entries = [_plan_entry(plan) for plan in plans]
+    if as_json:
+        print(json.dumps({"tenants": entries}, indent=2))
+    for entry in [] if as_json else entries:
+        _print_plan(entry)
+    troubled = any(e["next_state"] in ("blocked", "regressed") or e["errors"] for e in entries)
+    return EXIT_TROUBLE if troubled else EXIT_OK
+
+
+def _plan_entry(plan: TenantPlan) -> dict[str, Any]:
+    decision, record = plan.decision, plan.decision.record
+    audit = decision.audit
+    return {
+        "name": record.name,
+        "state": plan.before.state.value,
+        "next_state": record.state.value,
+        "transitions": [
+            {"from": t.from_state, "to": t.to_state, "reason": t.reason}
+            for t in decision.transitions
+            if t.domain is None
+        ],
+        "actions": [
+            {"action": "enable" if isinstance(a, Enable) else "disable", "guid": a.guid}
+            for a in decision.actions
+        ],
+        "waiting_for": decision.waiting_for or None,
+        "eligible_at": _iso(record.eligible_at),
+        "eligible_reason": record.eligible_reason or None,
+        "audit": None
+        if audit is None
+        else {"passed": audit.passed, "failures": audit.failures, "warnings": audit.warnings},
+        "errors": plan.errors,
+        "domains": [_domain_status(d) for d in plan.domains],
+    }
+
+
+def _print_plan(entry: dict[str, Any]) -> None:
+    actions = ", ".join(f"would {a['action']} connector {a['guid']}" for a in entry["actions"])
+    _print_line(f"{entry['name']}: {entry['state']} -> {entry['next_state']}  {actions}".rstrip())
+    for move in entry["transitions"]:
+        _print_line(f"    {move['from']} -> {move['to']}: {move['reason']}")
+    if entry["eligible_at"]:
+        _print_line(f"    eligible at {entry['eligible_at']}: {entry['eligible_reason']}")
+    if entry["waiting_for"]:
+        _print_line(f"    waiting for: {entry['waiting_for']}")
+    audit = entry["audit"]
+    if audit is not None:
+        found = [*audit["failures"], *(f"warning: {w}" for w in audit["warnings"])]
+        _print_line(f"    audit: {'passed' if audit['passed'] else 'failed'}; " + "; ".join(found))
+    for domain in entry["domains"]:
+        _print_domain(domain)
 
 
 def _history(config: Config, tenant: str | None, limit: int | None, *, as_json: bool) -> int:

@@ -23,8 +23,10 @@ from .model import (
     Connector,
     ConnectorLookup,
     DomainObservation,
+    DomainRecord,
     ExchangeError,
     ExchangeFailure,
+    Intent,
     TenantRecord,
     TenantState,
     Transition,
@@ -93,7 +95,7 @@ class CycleReport:
 @dataclass(frozen=True)
 class _CycleContext:
     config: Config
-    store: Store
+    store: Store | None  # None: a plan, which reads Exchange and DNS and writes nothing
     dns: DnsSource
     exchange: ExchangeApi
     dry_run: bool
@@ -149,21 +151,50 @@ async def run_cycle(
 
 
 async def _run_tenant(context: _CycleContext, tenant: TenantConfig) -> TenantResult:
+    assert context.store is not None
     stored = context.store.load(tenant.name)
-    previous = stored or StoredTenant(
-        tenant.tenant_id,
-        tenant.connector,
-        TenantRecord(tenant.name, since=context.now),
-        (),
-        context.store.load_intent(tenant.name),  # a first cycle may have been interrupted
-    )
-    run = _TenantRun(context, tenant, previous)
+    intent = context.store.load_intent(tenant.name)  # a first cycle may have been interrupted
+    run = _TenantRun(context, tenant, stored or _first_sight(tenant, context.now, intent))
     try:
         return await run.execute()
     except Exception as exc:  # one tenant's bug or outage must never stop the others
         log.error("tenant_failed", tenant=tenant.name, error=f"{type(exc).__name__}: {exc}")
         # Keep an intent this run committed: its write may have been made.
-        return TenantResult(replace(previous, intent=run.intent), (), 1, run.observed)
+        return TenantResult(replace(run.previous, intent=run.intent), (), 1, run.observed)
+
+
+def _first_sight(tenant: TenantConfig, now: datetime, intent: Intent | None) -> StoredTenant:
+    record = TenantRecord(tenant.name, since=now)
+    return StoredTenant(tenant.tenant_id, tenant.connector, record, (), intent)
+
+
+@dataclass(frozen=True)
+class TenantPlan:
+    """What a cycle would decide for one tenant now (`mxwatch plan`)."""
+
+    before: TenantRecord
+    decision: policy.Decision
+    domains: tuple[DomainRecord, ...]
+    errors: int
+
+
+async def plan_cycle(
+    config: Config,
+    stored: Mapping[str, StoredTenant],
+    dns: DnsSource,
+    exchange: ExchangeApi,
+    *,
+    clock: Clock = utc_now,
+) -> list[TenantPlan]:
+    """A live, read-only cycle: every tenant observed and its connector read, decided as a
+    cycle holding the state would decide, and nothing written anywhere."""
+    now = clock()
+    context = _CycleContext(config, None, dns, exchange, True, policy.rules_of(config), now)
+    runs = [
+        _TenantRun(context, t, stored.get(t.name) or _first_sight(t, now, None))
+        for t in config.tenants
+    ]
+    return list(await asyncio.gather(*(run.plan() for run in runs)))
 
 
 class _TenantRun:
@@ -213,8 +244,25 @@ class _TenantRun:
             now=self.now,
             reads=reads,
             intent=self.previous.intent,
-            exclusive=self.context.store.holds_exclusively(),
+            exclusive=self._exclusive(),
         )
+
+    def _exclusive(self) -> bool:
+        """Whether this process holds the state; a plan decides as a cycle holding it would."""
+        store = self.context.store
+        return store is None or store.holds_exclusively()
+
+    async def plan(self) -> TenantPlan:
+        """What a cycle would decide now, from fresh reads of DNS and Exchange; no write."""
+        accepted = [d.domain for d in self.previous.domains if d.accepted]
+        covered: Sequence[str] = policy.covered_domains(self.tenant, accepted)
+        await self._observe(covered)
+        reads = await self._read()
+        covered = await self._cover(covered, reads.accepted)
+        decision = self._decide(covered, reads)
+        self._note(decision)
+        domains = tuple(self.records[d] for d in covered)
+        return TenantPlan(self.previous.record, decision, domains, self.errors)
 
     # -- observing ---------------------------------------------------------------------------
 
@@ -282,6 +330,7 @@ class _TenantRun:
             )
             return record
         intent = policy.action_intent(action, self.now)
+        assert self.context.store is not None  # a plan never acts
         self.context.store.record_intent(self.tenant.name, intent)  # before the write, always
         self.intent = intent
         outcome: Connector | ExchangeFailure

@@ -11,14 +11,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .credentials import exposed_secret_files
-from .cycle import CycleReport, run_cycle
+from .cycle import CycleReport, TenantPlan, plan_cycle, run_cycle
 from .dns import DnsObserver
 from .exchange import ExchangeClient
 from .logs import get_logger
 from .metrics import Metrics
 from .notify import WebhookNotifier
 from .settings import Config
-from .store import Store
+from .store import Store, StoredTenant
 
 log = get_logger("mxwatch.runner")
 
@@ -89,3 +89,18 @@ def warn_exposed_secret_files(config: Config) -> None:
             mode=f"{exposed.mode:04o}",
             fix="chmod o-rwx the file (0600, or 0640 for a group)",
         )
+
+
+async def run_plan(config: Config) -> list[TenantPlan]:
+    """`mxwatch plan`: a live cycle that reads DNS and Exchange and writes nothing, from the
+    stored state when there is one (it works before the first `--once`)."""
+    stored = _stored(config.daemon.state)
+    async with ExchangeClient(config.exchange) as exchange:
+        return await plan_cycle(config, stored, DnsObserver(config.dns), exchange)
+
+
+def _stored(state: Path) -> dict[str, StoredTenant]:
+    if not state.is_file() or state.stat().st_size == 0:
+        return {}  # no cycle has run yet
+    with Store.open_readonly(state) as store:
+        return {t.record.name: t for t in store.load_all()}
