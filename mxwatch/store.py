@@ -342,7 +342,10 @@ class Store:
         """
         if self._readonly:
             raise StoreError(f"cannot lock {self._path}: this store was opened read-only")
-        lease = LockFile(self._path.with_name(self._path.name + ".lock"))
+        # Beside the file itself, whatever path named it: two configs reaching one state file
+        # through a symlink or a relative path must meet at one lock.
+        real = self._path.resolve()
+        lease = LockFile(real.with_name(real.name + ".lock"))
         try:
             lease.acquire(wait, command)
         except LockBusy as busy:

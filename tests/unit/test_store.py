@@ -555,6 +555,16 @@ def test_a_second_writer_waits_then_is_told_who_holds_the_state(db: Path) -> Non
         second.release()
 
 
+def test_one_state_reached_through_a_symlink_has_one_lock(db: Path, tmp_path: Path) -> None:
+    with Store.open(db):
+        pass
+    alias = tmp_path / "alias.db"
+    alias.symlink_to(db)
+    with Store.open(db) as first, Store.open(alias) as second, first.exclusive(0, "mxwatch"):
+        with pytest.raises(StoreBusy):
+            second.acquire(0, "mxwatch --once")
+
+
 def test_writes_are_refused_once_the_lock_file_is_replaced(db: Path) -> None:
     with Store.open(db) as store, store.exclusive(0, "mxwatch"):
         store.save_cycle([minimal_tenant("a")], [])
