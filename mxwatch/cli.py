@@ -13,13 +13,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, daemon, health, logs, runner
-from .config import ConfigError, default_config_path, load_config
+from . import __version__, check, daemon, health, logs, provision, runner
+from .config import ConfigError, default_config_path, load_config, mail_domain, resolver_spec
 from .credentials import check_credential, credential_refs, exposed_secret_files
-from .cycle import DEFAULT_LOCK_WAIT, TenantPlan
+from .cycle import DEFAULT_LOCK_WAIT, TenantForecast
+from .dns import DnsObserver
 from .model import DomainRecord
 from .policy import Enable
-from .settings import Config
+from .providers import BUILTIN_PROVIDERS
+from .provision_plan import TenantPlan
+from .settings import Config, DnsConfig, PolicyConfig, ResolverSpec
 from .store import Store, StoredTenant, StoreError
 
 EXIT_OK, EXIT_TROUBLE, EXIT_USAGE = 0, 1, 2
@@ -80,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="exit 0 if the last cycle finished within 3 x interval, else 1 with the reason",
     )
+    _add_check(commands, common)
+    _add_provision(commands, common)
     parser.add_argument(
         "--lock-wait",
         type=_seconds,
@@ -97,6 +102,83 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --once: write Prometheus metrics here (node-exporter textfile format)",
     )
     return parser
+
+
+def _add_check(commands: Any, common: argparse.ArgumentParser) -> None:
+    check_parser = commands.add_parser(
+        "check",
+        parents=[common],
+        help="what mxwatch would decide about these domains right now (no config needed)",
+        description=(
+            "Observe each DOMAIN as a cycle would (the system resolver and each domain's "
+            "authoritative servers) and print its verdict, every source's MX set and TTL, what "
+            "is wrong, and the settle wait a cutover from now would get. Exit 0 when every "
+            "domain is filtered, 1 otherwise, 2 on usage errors. With -c, the config's dns, "
+            "policy and providers apply."
+        ),
+    )
+    check_parser.add_argument(
+        "domains", nargs="+", metavar="DOMAIN", type=_domain_argument, help="such as contoso.com"
+    )
+    check_parser.add_argument(
+        "--resolver",
+        action="append",
+        type=_resolver_argument,
+        metavar="IP[:PORT]",
+        help="ask this resolver instead (repeatable): system, IP, IP:PORT or [IPv6]:PORT",
+    )
+    check_parser.add_argument(
+        "--no-authoritative",
+        action="store_true",
+        help="do not also ask each domain's authoritative servers",
+    )
+    check_parser.add_argument(
+        "--provider", metavar="NAME", help="the filter (default mailprotector; built in or -c's)"
+    )
+    check_parser.add_argument("--json", action="store_true", help="one JSON object")
+
+
+def _add_provision(commands: Any, common: argparse.ArgumentParser) -> None:
+    provision_parser = commands.add_parser(
+        "provision",
+        parents=[common],
+        help="create each tenant's connector, disabled: prints the plan; --apply makes it",
+        description=(
+            "Read each tenant's connector and print what provision would do: create a missing "
+            "one (disabled, restricted to the provider's sender_ips), or add provider ranges a "
+            "disabled one lacks. An enabled connector is never written to. Without --apply "
+            "nothing is written; with it, exactly the printed changes are made, journalled "
+            "(mxwatch history) and read back. Exit 0 ok, 1 a tenant cannot be provisioned or "
+            "an error, 2 bad config or usage."
+        ),
+    )
+    provision_parser.add_argument(
+        "tenants", nargs="*", metavar="TENANT", help="only these tenants (default: every one)"
+    )
+    provision_parser.add_argument(
+        "--apply", action="store_true", help="make the planned changes (default: plan only)"
+    )
+    provision_parser.add_argument(
+        "--lock-wait",
+        type=_seconds,
+        default=argparse.SUPPRESS,
+        metavar="SECONDS",
+        help=f"with --apply: how long to wait for a running cycle (default {DEFAULT_LOCK_WAIT:g})",
+    )
+
+
+def _domain_argument(text: str) -> str:
+    try:
+        return mail_domain(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _resolver_argument(text: str) -> ResolverSpec:
+    try:
+        return resolver_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _seconds(text: str) -> float:
@@ -121,8 +203,11 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # A command that prints a report keeps stdout for it; its log lines go to stderr.
-    logs.configure(args.log_level, stream=sys.stderr if args.command == "plan" else None)
+    # Commands that print a report keep stdout for it; their log lines go to stderr.
+    reports = ("check", "provision", "plan")
+    logs.configure(args.log_level, sys.stderr if args.command in reports else None)
+    if args.command == "check":
+        return _check(args)
     try:
         config = load_config(args.config or default_config_path(os.environ), environ=os.environ)
     except ConfigError as exc:
@@ -145,6 +230,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return _history(config, args.tenant, args.limit, as_json=args.json)
     if args.command == "health":
         return _health(config)
+    if args.command == "provision":
+        return _provision(config, args.tenants, apply=args.apply, lock_wait=args.lock_wait)
     if args.metrics_file is not None and not args.once:
         print(
             "mxwatch: --metrics-file needs --once (the daemon serves [metrics] listen)",
@@ -159,6 +246,67 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             )
         )
     return asyncio.run(daemon.run_daemon(config, dry_run_flag=args.dry_run))
+
+
+def _check(args: argparse.Namespace) -> int:
+    """`mxwatch check`: no config unless -c names one (the default path is not read)."""
+    config = None
+    if args.config is not None:
+        try:
+            config = load_config(args.config, environ=os.environ)
+        except ConfigError as exc:
+            return _config_failed(exc.problems)
+    providers = config.providers if config else BUILTIN_PROVIDERS
+    name = args.provider or "mailprotector"
+    if name not in providers:
+        known = ", ".join(sorted(providers))
+        print(f"mxwatch: unknown provider {name!r} (known: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    dns_config = config.dns if config else DnsConfig()
+    dns_config = replace(
+        dns_config,
+        resolvers=tuple(args.resolver or dns_config.resolvers),
+        authoritative=dns_config.authoritative and not args.no_authoritative,
+    )
+    policy_config = config.policy if config else PolicyConfig()
+    domains = list(dict.fromkeys(args.domains))
+    looked = check.check_domains(
+        DnsObserver(dns_config), domains, providers[name], policy_config, datetime.now(UTC)
+    )
+    results = asyncio.run(looked)
+    if args.json:
+        print(json.dumps(check.check_document(results, providers[name]), indent=2))
+    else:
+        for line in check.check_lines(results, providers[name]):
+            _print_line(line)
+    return EXIT_OK if all(result.filtered for result in results) else EXIT_TROUBLE
+
+
+def _provision(config: Config, names: Sequence[str], *, apply: bool, lock_wait: float) -> int:
+    by_name = {tenant.name: tenant for tenant in config.tenants}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        known = ", ".join(by_name) or "none"
+        print(
+            f"mxwatch: no tenant named {', '.join(map(repr, unknown))} in {config.path} "
+            f"(tenants: {known})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    runner.warn_exposed_secret_files(config)
+    tenants = [by_name[name] for name in dict.fromkeys(names)] or list(config.tenants)
+
+    def show(plans: Sequence[TenantPlan]) -> None:
+        for line in provision.plan_lines(plans, apply=apply):
+            _print_line(line)
+        sys.stdout.flush()  # the plan is out before the first write is made
+
+    report = asyncio.run(
+        provision.run_provision(config, tenants, apply=apply, lock_wait=lock_wait, show_plan=show)
+    )
+    for line in provision.applied_lines(report.applied):
+        _print_line(line)
+    return report.exit_code
 
 
 def _health(config: Config) -> int:
@@ -291,7 +439,7 @@ def _plan(config: Config, names: Sequence[str], *, as_json: bool) -> int:
     return EXIT_TROUBLE if troubled else EXIT_OK
 
 
-def _plan_entry(plan: TenantPlan) -> dict[str, Any]:
+def _plan_entry(plan: TenantForecast) -> dict[str, Any]:
     decision, record = plan.decision, plan.decision.record
     audit = decision.audit
     return {

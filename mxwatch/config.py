@@ -290,6 +290,16 @@ def _resolver(value: object) -> ResolverSpec:
     return ResolverSpec(value, str(address), port)
 
 
+def resolver_spec(text: str) -> ResolverSpec:
+    """A resolver as `dns.resolvers` takes it (for `mxwatch check --resolver`); ValueError."""
+    return _resolver(text)
+
+
+def mail_domain(text: str) -> str:
+    """A mail domain as `tenant.domains` takes it, normalised (for `mxwatch check`); ValueError."""
+    return _domain(text)
+
+
 def _split_host_port(value: str) -> tuple[str, int]:
     """Split "IP", "IPv4:PORT", "[IPv6]:PORT" or a bare IPv6 address; port 53 by default."""
     if value.startswith("["):

@@ -169,7 +169,7 @@ def _first_sight(tenant: TenantConfig, now: datetime, intent: Intent | None) -> 
 
 
 @dataclass(frozen=True)
-class TenantPlan:
+class TenantForecast:
     """What a cycle would decide for one tenant now (`mxwatch plan`)."""
 
     before: TenantRecord
@@ -185,7 +185,7 @@ async def plan_cycle(
     exchange: ExchangeApi,
     *,
     clock: Clock = utc_now,
-) -> list[TenantPlan]:
+) -> list[TenantForecast]:
     """A live, read-only cycle: every tenant observed and its connector read, decided as a
     cycle holding the state would decide, and nothing written anywhere."""
     now = clock()
@@ -252,7 +252,7 @@ class _TenantRun:
         store = self.context.store
         return store is None or store.holds_exclusively()
 
-    async def plan(self) -> TenantPlan:
+    async def plan(self) -> TenantForecast:
         """What a cycle would decide now, from fresh reads of DNS and Exchange; no write."""
         accepted = [d.domain for d in self.previous.domains if d.accepted]
         covered: Sequence[str] = policy.covered_domains(self.tenant, accepted)
@@ -262,7 +262,7 @@ class _TenantRun:
         decision = self._decide(covered, reads)
         self._note(decision)
         domains = tuple(self.records[d] for d in covered)
-        return TenantPlan(self.previous.record, decision, domains, self.errors)
+        return TenantForecast(self.previous.record, decision, domains, self.errors)
 
     # -- observing ---------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import random
 import ssl
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -45,6 +45,7 @@ from .model import (
     ExchangeError,
     ExchangeFailure,
     LookupStatus,
+    NewConnector,
 )
 from .names import BadName, normalise_name
 from .settings import CredentialRef, ExchangeConfig, TenantConfig
@@ -53,6 +54,9 @@ log = structlog.get_logger("mxwatch.exchange")
 
 _ANCHOR_MAILBOX = "APP:SystemMailbox{{bb558c35-97f1-4cb9-8ff7-d53741dc928c}}@{tenant_id}"
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# Throttling answers (a 429, or the 200 with the concurrency text) come before the cmdlet runs:
+# even a write that must not be made twice may be sent again after one.
+_NOT_CARRIED_OUT = frozenset({200, 429})
 # Exchange sometimes answers throttling with a 200 and this plain text instead of a 429.
 _CONCURRENCY_TEXT = "maximum number of concurrent requests"
 _BACKOFF_BASE = 0.5  # seconds; doubled per attempt, with jitter
@@ -317,10 +321,16 @@ class _Answer:
 
 @dataclass(frozen=True)
 class _Command:
-    """One cmdlet call: every page of its answer is fetched with this same body."""
+    """One cmdlet call: every page of its answer is fetched with this same body.
+
+    `repeatable` is False for a write that must not be made twice (New-InboundConnector): it
+    is retried only after an answer that says it was not carried out (throttled, or a
+    rejected token), never after a timeout or a 5xx, which may come after the write.
+    """
 
     cmdlet: str
     body: Mapping[str, Any]
+    repeatable: bool = True
 
 
 @dataclass(frozen=True)
@@ -487,21 +497,75 @@ class ExchangeClient:
     ) -> Connector:
         """Set-InboundConnector -Identity <guid> -Enabled <enabled>, then read back by guid."""
         deadline = _Deadline.start("set_connector_enabled", self._timeout)
-        wanted = _normal_guid(guid)
-        if wanted is None:
+        cmdlet = "Set-InboundConnector"
+        _writable_guid(guid, cmdlet)
+        await self._invoke(tenant, cmdlet, {"Identity": guid, "Enabled": enabled}, deadline)
+        return await self._read_back(tenant, guid, deadline, f"after {cmdlet}")
+
+    async def create_connector(self, tenant: TenantConfig, new: NewConnector) -> Connector:
+        """New-InboundConnector with `new.parameters()` (always Enabled $false); the connector
+        as the answer describes it, or as read back by name when the answer leaves it out.
+
+        Never retried after a timeout or a 5xx: a second New could not duplicate the connector
+        (Exchange refuses a taken name), but it would fail on the first one's success.
+        """
+        deadline = _Deadline.start("create_connector", self._timeout)
+        cmdlet = "New-InboundConnector"
+        objects = await self._invoke(tenant, cmdlet, new.parameters(), deadline, repeatable=False)
+        try:
+            lookup = lookup_from_objects(new.name, objects)
+        except ExchangeError:
+            lookup = None  # an object without a valid Guid: the read-back below says which
+        if lookup is None or lookup.connector is None:
+            lookup = await self._find_connector(tenant, new.name, deadline)
+        if lookup.connector is None:
+            raise _fail(
+                ErrorKind.TRANSIENT,
+                f"{cmdlet} succeeded but connector {new.name!r} cannot be read back yet "
+                f"({lookup.detail}); directory replication can take a minute",
+                cmdlet="Get-InboundConnector",
+            )
+        return lookup.connector
+
+    async def add_sender_ips(
+        self, tenant: TenantConfig, guid: str, ranges: Sequence[str]
+    ) -> Connector:
+        """Add `ranges` to a disabled connector's SenderIPAddresses, keeping every entry it has;
+        the connector as read back.
+
+        The connector is read again first, so that the list sent is the newest one (nothing a
+        person added in between is lost) and an enabled connector is never written to: it
+        filters live mail, and what it lacks is a person's call.
+        """
+        deadline = _Deadline.start("add_sender_ips", self._timeout)
+        cmdlet = "Set-InboundConnector"
+        _writable_guid(guid, cmdlet)
+        before = await self._read_back(tenant, guid, deadline, f"before {cmdlet}")
+        if before.enabled:
             raise _fail(
                 ErrorKind.BLOCKED,
-                f"refused to write to connector {_escaped(guid)!r}: not a GUID read from the API",
-                cmdlet="Set-InboundConnector",
+                f"refused to change connector {_escaped(before.name)!r} ({guid}): it is "
+                "enabled, and mxwatch changes only a disabled connector's sender IPs",
+                cmdlet=cmdlet,
             )
-        parameters = {"Identity": guid, "Enabled": enabled}
-        await self._invoke(tenant, "Set-InboundConnector", parameters, deadline)
+        have = before.sender_ip_addresses
+        wanted = (*have, *(r for r in ranges if r not in have))
+        if wanted == have:
+            return before
+        parameters = {"Identity": before.guid, "SenderIPAddresses": list(wanted)}
+        await self._invoke(tenant, cmdlet, parameters, deadline)
+        return await self._read_back(tenant, guid, deadline, f"after {cmdlet}")
+
+    async def _read_back(
+        self, tenant: TenantConfig, guid: str, deadline: _Deadline, when: str
+    ) -> Connector:
+        """The connector with exactly this GUID, read `when` a write."""
         lookup = await self._find_connector(tenant, guid, deadline)
-        if lookup.connector is None or _normal_guid(lookup.connector.guid) != wanted:
+        if lookup.connector is None or _normal_guid(lookup.connector.guid) != _normal_guid(guid):
             detail = lookup.detail or "another connector answered to that identity"
             raise _fail(
                 ErrorKind.BLOCKED,
-                f"read-back after Set-InboundConnector found no connector {guid}: {detail}",
+                f"read-back {when} found no connector {guid}: {detail}",
                 cmdlet="Get-InboundConnector",
             )
         return lookup.connector
@@ -678,12 +742,13 @@ class ExchangeClient:
         cmdlet: str,
         parameters: Mapping[str, Any],
         deadline: _Deadline,
+        *,
+        repeatable: bool = True,
     ) -> list[dict[str, Any]]:
         """Run one cmdlet and read every page of its answer; the `value` objects of all pages,
         annotation keys dropped. Any page that cannot be read fails the whole call."""
-        command = _Command(
-            cmdlet, {"CmdletInput": {"CmdletName": cmdlet, "Parameters": dict(parameters)}}
-        )
+        body = {"CmdletInput": {"CmdletName": cmdlet, "Parameters": dict(parameters)}}
+        command = _Command(cmdlet, body, repeatable)
         url = self._url(tenant)
         followed = [url]
         objects: list[dict[str, Any]] = []
@@ -737,6 +802,8 @@ class ExchangeClient:
                 continue
             if attempt >= self._max_attempts:
                 raise ExchangeError(outcome.failure)
+            if not command.repeatable and outcome.failure.status not in _NOT_CARRIED_OUT:
+                raise _maybe_made(outcome.failure)
             wait = self._wait(attempt, outcome.retry_after)
             if wait >= deadline.remaining():
                 raise _out_of_time(outcome.failure, wait, deadline)
@@ -855,6 +922,24 @@ class ExchangeClient:
         for warning in warnings:
             log.warning("exchange_warning", tenant=tenant.name, cmdlet=cmdlet, warning=warning)
         return _Page(objects, next_link)
+
+
+def _writable_guid(guid: str, cmdlet: str) -> None:
+    """A write is addressed only to a GUID read from the API, never to a name."""
+    if _normal_guid(guid) is None:
+        raise _fail(
+            ErrorKind.BLOCKED,
+            f"refused to write to connector {_escaped(guid)!r}: not a GUID read from the API",
+            cmdlet=cmdlet,
+        )
+
+
+def _maybe_made(failure: ExchangeFailure) -> ExchangeError:
+    message = (
+        f"{failure.message}; not retried: the write may have been made before the answer was "
+        "lost, so read it back before trying again"
+    )
+    return ExchangeError(replace(failure, message=message))
 
 
 def _out_of_time(failure: ExchangeFailure, wait: float, deadline: _Deadline) -> ExchangeError:

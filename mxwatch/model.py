@@ -83,6 +83,33 @@ class Connector:
 
 
 @dataclass(frozen=True)
+class NewConnector:
+    """An inbound connector for `mxwatch provision` to create: the filter's, and disabled.
+
+    `parameters` is the one description of what New-InboundConnector is sent; the plan shows
+    it and the client sends it.
+    """
+
+    name: str
+    sender_ip_addresses: tuple[str, ...]  # IPv4, each /24 to /32 (what Exchange accepts)
+    comment: str
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "Name": self.name,
+            "ConnectorType": "Partner",
+            "SenderDomains": ["*"],
+            "RequireTls": True,
+            "RestrictDomainsToIPAddresses": True,
+            "SenderIPAddresses": list(self.sender_ip_addresses),
+            "Comment": self.comment,
+            # Exchange creates a connector enabled unless told otherwise; enabled before the
+            # MX cutover it bounces mail (550 5.7.51). Only the cycle's gate ever enables it.
+            "Enabled": False,
+        }
+
+
+@dataclass(frozen=True)
 class AcceptedDomain:
     """One Get-AcceptedDomain entry: its name (normalised) and whether it covers subdomains."""
 

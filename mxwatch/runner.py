@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .credentials import exposed_secret_files
-from .cycle import CycleReport, TenantPlan, plan_cycle, run_cycle
+from .cycle import CycleReport, TenantForecast, plan_cycle, run_cycle
 from .dns import DnsObserver
 from .exchange import ExchangeClient
 from .logs import get_logger
@@ -91,7 +91,7 @@ def warn_exposed_secret_files(config: Config) -> None:
         )
 
 
-async def run_plan(config: Config) -> list[TenantPlan]:
+async def run_plan(config: Config) -> list[TenantForecast]:
     """`mxwatch plan`: a live cycle that reads DNS and Exchange and writes nothing, from the
     stored state when there is one (it works before the first `--once`)."""
     stored = _stored(config.daemon.state)

@@ -428,6 +428,14 @@ class Store:
             self._conn.executemany(_UPSERT_INTENT, intent_rows)
             self._conn.executemany(_INSERT_JOURNAL, journal_rows)
 
+    def append_journal(self, transitions: Sequence[Transition]) -> None:
+        """Append entries outside a cycle (`mxwatch provision`'s writes), in one transaction;
+        tenant and domain rows are left as they are."""
+        self._check_writable()
+        rows = [_journal_row(t) for t in transitions]
+        with self._using("appending to the journal"), self._transaction():
+            self._conn.executemany(_INSERT_JOURNAL, rows)
+
     # -- internals ---------------------------------------------------------------------------
 
     @contextmanager

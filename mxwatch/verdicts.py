@@ -64,7 +64,7 @@ def classify(
 
 def _match_verdict(mx: tuple[MxRecord, ...], provider: Provider) -> tuple[Verdict, str]:
     hosts = [record.exchange for record in mx]
-    foreign = [host for host in hosts if not _belongs_to(host, provider)]
+    foreign = [host for host in hosts if not belongs_to(host, provider)]
     if not foreign:
         return Verdict.FILTERED, f"all {len(hosts)} MX match {provider.name}"
     listed = ", ".join(foreign)
@@ -77,7 +77,8 @@ def _match_verdict(mx: tuple[MxRecord, ...], provider: Provider) -> tuple[Verdic
     return verdict, reason + "".join(_anomalies(foreign))
 
 
-def _belongs_to(host: str, provider: Provider) -> bool:
+def belongs_to(host: str, provider: Provider) -> bool:
+    """An MX exchange of the provider: a host name it matches (never "." or an address)."""
     if host == NULL_MX_EXCHANGE or is_ip_literal(host):
         return False
     return provider.matches(host)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import secrets
 import socket
@@ -78,6 +79,14 @@ _SETTABLE = frozenset(
         "AssociatedAcceptedDomains",
     }
 )
+# What New-InboundConnector gives a connector for every parameter the request leaves out.
+_NEW_CONNECTOR_DEFAULTS: Mapping[str, Any] = {
+    "Enabled": True,
+    "ConnectorType": "Partner",
+    "SenderIPAddresses": [],
+    "RestrictDomainsToIPAddresses": False,
+    "RequireTls": True,
+}
 _BOOLEANS = frozenset(
     {
         "Enabled",
@@ -767,7 +776,9 @@ class ExchangeSandbox:
                 "Microsoft.Exchange.Management.Tasks.ADObjectAlreadyExistsException",
                 f"The object '{name}' already exists.",
             )
-        obj = _new_connector(name, params)  # Enabled defaults to true, as in Exchange
+        # Exchange's own defaults, not add_connector's well-formed ones: enabled at once, no
+        # sender IPs, no IP restriction. A client that omits a parameter gets these.
+        obj = _new_connector(name, {**_NEW_CONNECTOR_DEFAULTS, **params})
         tenant.connectors.append(obj)
         return self.envelope("New-InboundConnector", [obj])
 
@@ -812,7 +823,46 @@ def _check_parameters(params: Mapping[str, Any]) -> _Answer | None:
                 "System.Management.Automation.ParameterBindingException",
                 f'Cannot convert value "{value}" to type "System.Boolean" for parameter \'{key}\'.',
             )
+    return _check_sender_ips(params.get("SenderIPAddresses"))
+
+
+def _check_sender_ips(value: Any) -> _Answer | None:
+    """Exchange takes IPv4 addresses, address ranges and CIDR ranges of /24 to /32 only.
+
+    The error's shape is the admin API's (reference, Errors); its text is the emulator's own.
+    """
+    if value is None:
+        return None
+    entries = [value] if isinstance(value, str) else value
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        return _admin_error(
+            400,
+            "BadRequest",
+            "System.Management.Automation.ParameterBindingException",
+            "Cannot convert the value of parameter 'SenderIPAddresses' to a list of IP ranges.",
+        )
+    for entry in entries:
+        if not _acceptable_sender_ip(entry):
+            return _admin_error(
+                400,
+                "BadRequest",
+                "Microsoft.Exchange.Data.DataValidationException",
+                f"The value '{entry}' of SenderIPAddresses isn't valid: use IPv4 addresses, "
+                "IPv4 address ranges, or CIDR ranges with a subnet mask of /24 through /32. "
+                "IPv6 addresses aren't supported.",
+            )
     return None
+
+
+def _acceptable_sender_ip(entry: str) -> bool:
+    try:
+        if "-" in entry:
+            first, last = (ipaddress.ip_address(end.strip()) for end in entry.split("-", 1))
+            return first.version == last.version == 4
+        network = ipaddress.ip_network(entry.strip(), strict=False)
+    except ValueError:
+        return False
+    return network.version == 4 and network.prefixlen >= 24
 
 
 def _new_connector(name: str, params: Mapping[str, Any]) -> dict[str, Any]:

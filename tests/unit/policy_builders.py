@@ -44,6 +44,16 @@ PROVIDER = Provider(
     sender_ips=(ipaddress.IPv4Network("198.51.100.0/24"),),
 )
 PROVIDER_NO_IPS = Provider(name="testfilter", mx=("*.inbound.filter.example",))
+# A published /21 and one address: Exchange takes the /21 only as its eight /24s.
+PROVIDER_21 = Provider(
+    name="wide",
+    mx=("*.inbound.filter.example",),
+    sender_ips=(
+        ipaddress.IPv4Network("203.0.112.0/21"),
+        ipaddress.IPv4Network("198.51.100.7/32"),
+    ),
+)
+EIGHT_24S = tuple(f"203.0.{n}.0/24" for n in range(112, 120))
 
 F = Verdict.FILTERED
 D = Verdict.DIRECT

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -44,10 +43,12 @@ from mxwatch.policy import (
 from mxwatch.providers import Provider
 from mxwatch.settings import DaemonConfig, PolicyConfig, TenantConfig
 from tests.unit.policy_builders import (
+    EIGHT_24S,
     GAP,
     GUID,
     IDENTITY,
     PROVIDER,
+    PROVIDER_21,
     PROVIDER_NO_IPS,
     T0,
     TENANT,
@@ -515,16 +516,6 @@ def test_gate_opens_exactly_at_streak_start_plus_settle() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # audit_connector
-
-PROVIDER_21 = Provider(
-    name="wide",
-    mx=("*.inbound.filter.example",),
-    sender_ips=(
-        ipaddress.IPv4Network("203.0.112.0/21"),
-        ipaddress.IPv4Network("198.51.100.7/32"),
-    ),
-)
-EIGHT_24S = tuple(f"203.0.{n}.0/24" for n in range(112, 120))
 
 
 @pytest.mark.parametrize(

@@ -560,9 +560,13 @@ def test_one_state_reached_through_a_symlink_has_one_lock(db: Path, tmp_path: Pa
         pass
     alias = tmp_path / "alias.db"
     alias.symlink_to(db)
-    with Store.open(db) as first, Store.open(alias) as second, first.exclusive(0, "mxwatch"):
-        with pytest.raises(StoreBusy):
-            second.acquire(0, "mxwatch --once")
+    with (
+        Store.open(db) as first,
+        Store.open(alias) as second,
+        first.exclusive(0, "mxwatch"),
+        pytest.raises(StoreBusy),
+    ):
+        second.acquire(0, "mxwatch --once")
 
 
 def test_writes_are_refused_once_the_lock_file_is_replaced(db: Path) -> None:
@@ -593,3 +597,22 @@ def test_an_intent_is_committed_at_once_and_kept_until_a_cycle_settles_it(db: Pa
         store.save_cycle([minimal_tenant("a")], [])  # the cycle settled it: intent None
         loaded = store.load("a")
         assert loaded is not None and loaded.intent is None
+
+
+def test_append_journal_adds_entries_and_leaves_the_tenants_alone(store: Store) -> None:
+    store.save_cycle([full_tenant()], [transition("contoso", "settling")])
+    entry = Transition(T0, "contoso", None, "settling", "settling", "connector created", {})
+    store.append_journal([entry])
+    assert store.history("contoso")[-1] == entry
+    assert store.load_all() == [full_tenant()]
+
+
+def test_append_journal_works_on_a_new_state_file_and_refuses_read_only(db: Path) -> None:
+    entry = Transition(T0, "contoso", None, "waiting", "waiting", "connector created", {})
+    with Store.open(db) as s:
+        s.append_journal([entry])
+        assert s.load_all() == []
+    with Store.open_readonly(db) as ro:
+        assert ro.history() == [entry]
+        with pytest.raises(StoreError, match="cannot write"):
+            ro.append_journal([entry])
