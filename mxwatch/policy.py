@@ -265,8 +265,8 @@ def _old_ttl(domain: DomainRecord, cfg: PolicyConfig) -> tuple[timedelta, str]:
             candidates.append((left, why))
         else:
             why = (
-                f"default_old_ttl {_fmt(cfg.default_old_ttl)}: the old MX was seen only through "
-                f"a resolver, whose TTL ({domain.old_ttl_cached}s) is what it had left"
+                f"default_old_ttl {_fmt(cfg.default_old_ttl)}: a resolver's TTL for the old MX "
+                f"({domain.old_ttl_cached}s) is only what it had left"
             )
             candidates.append((cfg.default_old_ttl, why))
     if not candidates:

@@ -292,7 +292,7 @@ def test_a_ttl_seen_only_through_a_resolver_counts_as_at_least_default_old_ttl(
     status = frig.status()["contoso"]
     (domain,) = status["domains"]
     assert _seconds(status["eligible_at"]) - _seconds(domain["filtered_since"]) == 3600
-    assert "seen only through a resolver" in status["eligible_reason"]
+    assert "a resolver's TTL for the old MX" in status["eligible_reason"]
     assert not enabled(frig, guid)
 
 

@@ -356,7 +356,7 @@ def test_outlook(verdicts: tuple[Verdict | None, ...], expected: Outlook) -> Non
             None,
             300,
             HOUR,
-            "seen only through a resolver",
+            "a resolver's TTL for the old MX",
             id="second-hand-raised-to-default",
         ),
         pytest.param(
