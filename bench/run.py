@@ -17,6 +17,7 @@ import contextlib
 import importlib.metadata
 import inspect
 import json
+import math
 import os
 import platform
 import re
@@ -211,6 +212,15 @@ def round_trip(port: int, name: str, transport: str) -> float:
     return time.perf_counter() - started
 
 
+def consent(sandbox: ExchangeSandbox, tenants: Sequence[Tenant]) -> list[Tenant]:
+    """Every tenant consented in the sandbox, with a connector that is already enabled."""
+    for tenant in tenants:
+        sandbox.add_tenant(tenant.tenant_id, accepted_domains=tenant.domains[:5])
+        sandbox.register_app(tenant.tenant_id, CLIENT_ID, secret=SECRET)
+        sandbox.add_connector(tenant.tenant_id, CONNECTOR, Enabled=True)
+    return list(tenants)
+
+
 @dataclass(frozen=True)
 class Lab:
     """What the measurements share: the work directory, the names, the servers."""
@@ -228,17 +238,14 @@ class Lab:
         *,
         sandbox: ExchangeSandbox | None = None,
         resolver: str | None = None,
+        state: str | None = None,
         **extra: dict[str, str],
     ) -> Path:
-        """NAME.toml (state NAME.db) for `tenants`, each consented in the sandbox with its
-        connector already enabled; `extra` adds keys to a section, e.g. policy={...}."""
+        """NAME.toml, whose state is NAME.db or STATE.db, for `tenants`; `extra` adds keys to a
+        section, e.g. policy={"recheck": "1s"}."""
         sandbox = sandbox or self.sandbox
-        for tenant in tenants:
-            sandbox.add_tenant(tenant.tenant_id, accepted_domains=tenant.domains[:5])
-            sandbox.register_app(tenant.tenant_id, CLIENT_ID, secret=SECRET)
-            sandbox.add_connector(tenant.tenant_id, CONNECTOR, Enabled=True)
         sections: dict[str, dict[str, Any]] = {
-            "daemon": {"state": str(self.workdir / f"{name}.db")},
+            "daemon": {"state": str(self.workdir / f"{state or name}.db")},
             "dns": {
                 "resolvers": [resolver or f"{ADDRESS}:{self.proxy.port}"],
                 "authoritative": False,
@@ -279,6 +286,11 @@ class OnceRun:
     domains: dict[str, int]  # verdicts at the end of the cycle
     requests: dict[str, int]  # to the sandbox, by cmdlet or endpoint
     proxy_cpu: float
+    warnings: int  # log lines at level warning or error
+
+
+def is_warning(line: str) -> bool:
+    return '"level": "warning"' in line or '"level": "error"' in line
 
 
 def run_once(lab: Lab, config: Path) -> OnceRun:
@@ -292,7 +304,9 @@ def run_once(lab: Lab, config: Path) -> OnceRun:
         raise RuntimeError(f"mxwatch --once exited {child.code}:\n{child.stderr[-2000:]}")
     event = json.loads(finished[-1])
     kinds = Counter(r.cmdlet or r.endpoint for r in lab.sandbox.requests[requests_before:])
-    return OnceRun(child, float(event["duration_s"]), event["domains"], dict(kinds), proxy_cpu)
+    warnings = sum(map(is_warning, child.stdout.splitlines()))
+    cycle = float(event["duration_s"])
+    return OnceRun(child, cycle, event["domains"], dict(kinds), proxy_cpu, warnings)
 
 
 @dataclass(frozen=True)
@@ -351,8 +365,15 @@ def run_sequential(lab: Lab, sample_size: int) -> Sequential:
     return Sequential(len(sample), time.perf_counter() - started, answered)
 
 
-def daemon_vm_hwm(lab: Lab, config: Path, timeout: float = 180) -> int:
-    """Peak RSS (kB) of `mxwatch -c CONFIG`, the daemon, after DAEMON_CYCLES cycles."""
+@dataclass(frozen=True)
+class Daemon:
+    interval: int  # seconds
+    vm_hwm_kb: int  # after DAEMON_CYCLES cycles
+    warnings: int  # log lines at level warning or error
+
+
+def run_daemon(lab: Lab, config: Path, interval: int, timeout: float = 180) -> Daemon:
+    """`mxwatch -c CONFIG`, the daemon, for DAEMON_CYCLES cycles: its peak RSS."""
     note(f"mxwatch -c {config.name}, the daemon, for {DAEMON_CYCLES} cycles")
     err = lab.workdir / "daemon.err"
     with err.open("wb") as stderr:
@@ -362,11 +383,13 @@ def daemon_vm_hwm(lab: Lab, config: Path, timeout: float = 180) -> int:
     watchdog.start()
     try:
         assert process.stdout is not None
-        seen = 0
+        seen = warnings = 0
         for line in process.stdout:
             seen += '"cycle_finished"' in line
+            warnings += is_warning(line)
             if seen == DAEMON_CYCLES:
-                return int(proc_field(f"/proc/{process.pid}/status", "VmHWM").split()[0])
+                vm_hwm = int(proc_field(f"/proc/{process.pid}/status", "VmHWM").split()[0])
+                return Daemon(interval, vm_hwm, warnings)
         raise RuntimeError(f"the daemon ended after {seen} cycles:\n{err.read_text()[-2000:]}")
     finally:
         watchdog.cancel()
@@ -539,7 +562,7 @@ class Results:
     profile: Profile
     dnsperf: list[DnsperfRun]
     sequential: Sequential
-    daemon_kb: int
+    daemon: Daemon
     tokens: tuple[TokenPhase, TokenPhase]  # normal and short token lifetime
     one_domain: Child
     startup: tuple[Timing, Timing]  # python -c pass, one-domain --once
@@ -563,23 +586,29 @@ def run(sizes: Sizes, workdir: Path) -> Results:
         rtt = {
             transport: round_trip(proxy.port, names[0], transport) for transport in ("udp", "tcp")
         }
-        # --once ignores the daemon's interval; the first run adopts the enabled connectors.
-        tenants = spread(names, sizes.tenants, "t")
-        config = lab.config("mxwatch", tenants, daemon={"interval": "1s", "jitter": "0s"})
+        # The first run adopts the enabled connectors; the later ones are steady.
+        tenants = consent(lab.sandbox, spread(names, sizes.tenants, "t"))
+        config = lab.config("mxwatch", tenants)
         first = run_once(lab, config)
         steady = [run_once(lab, config) for _ in range(sizes.steady_runs)]
+        # Daemon cycles further apart than a cycle lasts: a gap between two observations of
+        # a domain longer than 1.5 x interval would restart its streak (policy.allowed_gap).
+        interval = math.ceil(max(x.cycle for x in steady)) + 2
+        daemon_extra = {"interval": f"{interval}s", "jitter": "0s"}
+        daemon_config = lab.config("daemon", tenants, state="mxwatch", daemon=daemon_extra)
+        daemon = run_daemon(lab, daemon_config, interval)
         profile = py_spy(lab, config)
         dnsperf = [run_dnsperf(lab) for _ in range(sizes.dnsperf_runs)]
         sequential = run_sequential(lab, sizes.sequential_sample)
-        daemon_kb = daemon_vm_hwm(lab, config)
-        token_tenants = spread(names[: sizes.token_domains], sizes.tenants, "k")
+        token_tenants = consent(
+            lab.sandbox, spread(names[: sizes.token_domains], sizes.tenants, "k")
+        )
         tokens_config = lab.config("tokens", token_tenants, policy=recheck)
         tokens = token_phase(lab.sandbox, tokens_config, sizes.token_cycles)
         one_domain, startup = measure_startup(lab, sizes.startup_runs)
         short = stack.enter_context(ExchangeSandbox(token_lifetime=MSAL_EXPIRY_SKEW + 4))
-        short_config = lab.config(
-            "short", spread(names[:100], 20, "s"), sandbox=short, policy=recheck
-        )
+        short_tenants = consent(short, spread(names[:100], 20, "s"))
+        short_config = lab.config("short", short_tenants, sandbox=short, policy=recheck)
         short_tokens = token_phase(short, short_config, cycles=8)
     return Results(
         sizes=sizes,
@@ -594,7 +623,7 @@ def run(sizes: Sizes, workdir: Path) -> Results:
         profile=profile,
         dnsperf=dnsperf,
         sequential=sequential,
-        daemon_kb=daemon_kb,
+        daemon=daemon,
         tokens=(tokens, short_tokens),
         one_domain=one_domain,
         startup=startup,
@@ -605,7 +634,9 @@ def measure_startup(lab: Lab, runs: int) -> tuple[Child, tuple[Timing, Timing]]:
     """A steady one-domain `--once` asking knotd directly: its peak RSS and CPU, and the
     wall times of `python -c pass` and of it."""
     tenant = Tenant("startup", "ffffffff-0000-4000-8000-ffffffffffff", lab.names[:1])
-    config = lab.config("one", [tenant], resolver=f"{ADDRESS}:{lab.knot_port}")
+    config = lab.config(
+        "one", consent(lab.sandbox, [tenant]), resolver=f"{ADDRESS}:{lab.knot_port}"
+    )
     once = [str(MXWATCH), "--once", "-c", str(config)]
     measure(once, lab.workdir)  # adopts the connector; the later runs are steady
     one_domain = measure(once, lab.workdir)
@@ -719,6 +750,7 @@ def throughput(r: Results) -> list[Row]:
         median_of("steady `--once` process wall time", [x.child.wall for x in r.steady]),
         ("first `--once`: cycle / wall", f"{r.first.cycle:.2f} s / {r.first.child.wall:.2f} s"),
         ("verdicts at the end of the last steady cycle", verdicts),
+        ("log lines at warning or error, steady `--once`, max", max(x.warnings for x in r.steady)),
         median_of("dnsperf, the same queries", [d.seconds for d in r.dnsperf]),
         (
             "dnsperf queries completed / lost, worst run",
@@ -756,7 +788,7 @@ def footprint(r: Results) -> list[Row]:
     rss = [
         ("peak RSS of a steady `--once`, max", max(x.child.maxrss_kb for x in r.steady)),
         ("peak RSS of the first `--once`", r.first.child.maxrss_kb),
-        (f"daemon VmHWM after {DAEMON_CYCLES} cycles, on the state above", r.daemon_kb),
+        (f"daemon VmHWM after {DAEMON_CYCLES} cycles on the state above", r.daemon.vm_hwm_kb),
     ]
     cpu = statistics.median(x.child.cpu for x in r.steady)
     per_k, one = r.sizes.domains / 1000, r.one_domain
@@ -765,6 +797,8 @@ def footprint(r: Results) -> list[Row]:
             target(what, mb(kb), f"<= {TARGET_RSS_MB:g} MB", kb <= TARGET_RSS_MB * 1024)
             for what, kb in rss
         ),
+        ("the daemon's interval: the longest steady cycle and 2 s", f"{r.daemon.interval} s"),
+        ("log lines at warning or error of the daemon", r.daemon.warnings),
         ("peak RSS of the one-domain `--once` of section 4", mb(one.maxrss_kb)),
         median_of("CPU (user+sys) of a steady `--once`", [x.child.cpu for x in r.steady]),
         median_of("sys CPU of a steady `--once`", [x.child.system for x in r.steady]),
