@@ -51,7 +51,7 @@ from mxwatch.dns import DnsObserver
 from mxwatch.exchange import ExchangeClient
 from mxwatch.sandbox.exchange_api import ExchangeSandbox
 from mxwatch.store import Store
-from tests.fixtures.knot import ADDRESS, free_port
+from tests.fixtures.knot import ADDRESS, free_port, stop_process
 
 BENCH = Path(__file__).resolve().parent
 MXWATCH = Path(sys.executable).parent / "mxwatch"
@@ -144,18 +144,9 @@ def proc_cpu(pid: int) -> float:
 def proc_field(path: str, key: str) -> str:
     """One "key: value" line of a /proc file such as /proc/meminfo."""
     for line in Path(path).read_text().splitlines():
-        if line.startswith(f"{key}"):
+        if line.startswith(key):
             return line.split(":", 1)[1].strip()
     raise RuntimeError(f"no {key} in {path}")
-
-
-def stop(process: subprocess.Popen[Any]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 # --------------------------------------------------------------------------- the lab
@@ -199,7 +190,7 @@ def delay_proxy(upstream_port: int, workdir: Path) -> Iterator[Proxy]:
             raise RuntimeError(f"delay proxy did not start: {(workdir / 'proxy.err').read_text()}")
         yield Proxy(port, process.pid)
     finally:
-        stop(process)
+        stop_process(process)
 
 
 def round_trip(port: int, name: str, transport: str) -> float:
@@ -393,7 +384,7 @@ def run_daemon(lab: Lab, config: Path, interval: int, timeout: float = 180) -> D
         raise RuntimeError(f"the daemon ended after {seen} cycles:\n{err.read_text()[-2000:]}")
     finally:
         watchdog.cancel()
-        stop(process)
+        stop_process(process)
 
 
 @dataclass
