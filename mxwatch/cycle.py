@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from . import policy
@@ -118,9 +118,8 @@ async def run_cycle(
     started = time.monotonic()
     await asyncio.to_thread(store.acquire, lock_wait, holder)  # the loop keeps running
     try:
-        context = _CycleContext(
-            config, store, dns, exchange, dry_run, policy.rules_of(config), clock()
-        )
+        rules = policy.rules_of(config, _last_duration(store))
+        context = _CycleContext(config, store, dns, exchange, dry_run, rules, clock())
         log.info("cycle_started", tenants=len(config.tenants), dry_run=dry_run)
         results = await asyncio.gather(*(_run_tenant(context, t) for t in config.tenants))
         transitions = [t for r in results for t in r.transitions]
@@ -148,6 +147,11 @@ async def run_cycle(
         dry_run=dry_run,
     )
     return report
+
+
+def _last_duration(store: Store) -> timedelta:
+    last = store.last_cycle()
+    return timedelta(seconds=last.duration or 0) if last is not None else timedelta(0)
 
 
 async def _run_tenant(context: _CycleContext, tenant: TenantConfig) -> TenantResult:

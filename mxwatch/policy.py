@@ -49,15 +49,17 @@ class Rules:
     allowed_gap: timedelta  # the longest gap between two observations of one streak
 
 
-def allowed_gap(daemon: DaemonConfig) -> timedelta:
-    """Cycles come every interval plus up to jitter; half an interval more absorbs a slow
-    cycle or a wait for the state lock. A whole missed cycle is longer: the MX may have moved
-    and come back while nobody looked, so the streak must start again."""
-    return daemon.interval * 3 / 2 + daemon.jitter
+def allowed_gap(daemon: DaemonConfig, last_cycle: timedelta = timedelta(0)) -> timedelta:
+    """Cycles come every interval plus up to jitter; half an interval more absorbs a late
+    start or a wait for the state lock, and a cycle that outlasts the interval pushes the next
+    one back by as long as it took (the scheduler skips the ticks it overlaps). A whole missed
+    cycle is longer: the MX may have moved and come back while nobody looked, so the streak
+    must start again."""
+    return daemon.interval * 3 / 2 + daemon.jitter + last_cycle
 
 
-def rules_of(config: Config) -> Rules:
-    return Rules(config.policy, allowed_gap(config.daemon))
+def rules_of(config: Config, last_cycle: timedelta = timedelta(0)) -> Rules:
+    return Rules(config.policy, allowed_gap(config.daemon, last_cycle))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,8 +157,8 @@ def _extend_streak(
         return replace(seen, filtered_count=before.filtered_count + 1), ""
     why = (
         f"{_fmt(gap)} since its last filtered observation ({last.isoformat()}), more than "
-        f"the allowed gap of {_fmt(rules.allowed_gap)} (1.5 x daemon.interval + jitter): the "
-        "MX may have moved and come back unseen"
+        f"the allowed gap of {_fmt(rules.allowed_gap)} (1.5 x daemon.interval + jitter + the "
+        "last cycle's duration): the MX may have moved and come back unseen"
     )
     if gap <= timedelta(0):
         why = f"the clock is at or before its last filtered observation ({last.isoformat()})"

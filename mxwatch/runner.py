@@ -50,7 +50,15 @@ async def cycle_and_record(
         holder=holder,
     )
     finished = datetime.now(UTC)
-    services.store.record_cycle(finished, ok=report.errors == 0)
+    services.store.record_cycle(finished, ok=report.errors == 0, duration=report.duration)
+    if report.duration > config.daemon.interval.total_seconds():
+        log.warning(
+            "cycle_slow",
+            duration_s=round(report.duration, 3),
+            interval_s=config.daemon.interval.total_seconds(),
+            detail="the cycle took longer than daemon.interval, so the next one comes late; "
+            "raise daemon.interval (or shorten the timer's period)",
+        )
     services.metrics.observe(report, finished, services.exchange.stats)
     if services.notifier is not None:
         services.notifier.submit(report.journal)  # never waits; see notify.py

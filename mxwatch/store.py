@@ -120,6 +120,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "UPDATE domain SET filtered_since = NULL, old_ttl_cached = old_ttl, old_ttl = NULL,"
         " accepted = 1",
         "ALTER TABLE tenant DROP COLUMN regressions",
+        # How long the last cycle took: a cycle longer than the interval delays the next one,
+        # and the allowed gap between two observations of a streak must cover that.
+        "ALTER TABLE cycle_run ADD COLUMN duration_s REAL CHECK (duration_s >= 0)",
         "ALTER TABLE tenant ADD COLUMN waiting_for TEXT NOT NULL DEFAULT ''",
         # The write-ahead intent: committed before a connector write, removed when the cycle
         # that made the write (or a later one that read it back) records its outcome.
@@ -194,13 +197,15 @@ class CycleRun:
     finished_at: datetime
     ok: bool
     last_ok_at: datetime | None
+    duration: float | None = None  # seconds
 
 
 _RECORD_CYCLE = """
-    INSERT INTO cycle_run (id, finished_at, ok, last_ok_at) VALUES (1, ?, ?, ?)
+    INSERT INTO cycle_run (id, finished_at, ok, last_ok_at, duration_s) VALUES (1, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET
         finished_at = excluded.finished_at,
         ok = excluded.ok,
+        duration_s = excluded.duration_s,
         last_ok_at = coalesce(excluded.last_ok_at, cycle_run.last_ok_at)
 """
 
@@ -329,6 +334,7 @@ class Store:
                 finished_at=_required_time(row["finished_at"]),
                 ok=bool(row["ok"]),
                 last_ok_at=_time_from_db(row["last_ok_at"]),
+                duration=row["duration_s"],
             )
 
     # -- the one writer ----------------------------------------------------------------------
@@ -393,13 +399,16 @@ class Store:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def record_cycle(self, finished_at: datetime, *, ok: bool) -> None:
-        """Remember that a cycle finished (ok: without errors); last_ok_at keeps the last ok."""
+    def record_cycle(
+        self, finished_at: datetime, *, ok: bool, duration: float | None = None
+    ) -> None:
+        """Remember that a cycle finished (ok: without errors) and how long it took (seconds);
+        last_ok_at keeps the last ok."""
         if self._readonly:
             raise StoreError(f"cannot write {self._path}: this store was opened read-only")
         at = _time_to_db(finished_at, "the cycle's finished_at")
         with self._using("recording a cycle"), self._transaction():
-            self._conn.execute(_RECORD_CYCLE, (at, int(ok), at if ok else None))
+            self._conn.execute(_RECORD_CYCLE, (at, int(ok), at if ok else None, duration))
 
     def save_cycle(
         self, tenants: Sequence[StoredTenant], transitions: Sequence[Transition]

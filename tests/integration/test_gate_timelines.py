@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 
 from mxwatch.sandbox.exchange_api import Fault
-from tests.fixtures.bad_dns import silent_servers
+from tests.fixtures.bad_dns import BadDns, silent_servers
 from tests.fixtures.faults import (  # noqa: F401 - frig_fixture registers the fixture
     Event,
     FaultRig,
@@ -422,3 +422,27 @@ def test_one_hostile_zone_delays_only_its_own_tenant(frig: FaultRig, auth_lab: A
     (hostile,) = [e for e in run.named("dns_inconclusive") if e["domain"] == "hostile.test"]
     assert "name servers; mxwatch asks at most 16" in hostile["reason"]
     assert received <= len(silent) * 2  # one source per address, two tries each
+
+
+# --- a cycle longer than the interval ------------------------------------------------------------
+
+
+def test_a_daemon_whose_cycle_outlasts_the_interval_still_completes_a_streak(
+    frig: FaultRig,
+) -> None:
+    """The scheduler skips the ticks that fall inside a running cycle, so cycles come a whole
+    interval late; that is not a gap in observation, and must not restart every streak."""
+    frig.policy = {"confirmations": 2, "settle": "0s", "min_settle": "0s"}
+    frig.overrides[("dns", "timeout")] = "8s"
+    guid = contoso(frig)
+    with BadDns(upstream=("127.0.0.1", frig.knot.port)) as slow:
+        slow.delay = 2.5  # every cycle takes longer than the 1 s interval
+        frig.resolvers = [slow.spec]
+        svc = Service(frig, daemon={"interval": "1s", "jitter": "0s"})
+        with svc.start() as daemon:
+            daemon.wait_for("connector_enabled", timeout=40)
+            daemon.signal(signal.SIGTERM)
+            assert daemon.wait() == 0, daemon.stderr
+    assert enabled(frig, guid)
+    assert daemon.named("domain_streak_restarted") == []
+    assert daemon.named("cycle_slow"), "an operator is told the interval is too short"

@@ -87,9 +87,11 @@ EARLIER = T0 - minutes(5)
 # the allowed gap
 
 
-def test_allowed_gap_is_one_and_a_half_intervals_plus_jitter() -> None:
+def test_allowed_gap_is_one_and_a_half_intervals_plus_jitter_plus_the_last_cycle() -> None:
     daemon = DaemonConfig(interval=minutes(5), jitter=timedelta(seconds=30))
     assert allowed_gap(daemon) == minutes(8)
+    # A 7-minute cycle pushes the next one to the tick after it: 10 minutes after its start.
+    assert allowed_gap(daemon, minutes(7)) == minutes(15)
 
 
 # ---------------------------------------------------------------------------------------------

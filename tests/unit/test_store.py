@@ -484,12 +484,12 @@ def test_last_cycle_keeps_the_last_ok_time(db: Path) -> None:
     with Store.open(db) as store:
         assert store.last_cycle() is None
         store.record_cycle(at, ok=True)
-        store.record_cycle(at + timedelta(minutes=5), ok=False)
+        store.record_cycle(at + timedelta(minutes=5), ok=False, duration=7.5)
     with Store.open_readonly(db) as reader:
         last = reader.last_cycle()
         with pytest.raises(StoreError, match="read-only"):
             reader.record_cycle(at, ok=True)
-    assert last == CycleRun(at + timedelta(minutes=5), ok=False, last_ok_at=at)
+    assert last == CycleRun(at + timedelta(minutes=5), ok=False, last_ok_at=at, duration=7.5)
 
 
 def at_version(db: Path, version: int) -> None:
