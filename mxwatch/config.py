@@ -39,7 +39,7 @@ from pydantic import (
 )
 
 from .names import BadName, normalise_name, normalise_pattern
-from .providers import BUILTIN_PROVIDERS, Provider
+from .providers import BUILTIN_PROVIDERS
 from .settings import (
     CLOUDS,
     CertificateRef,
@@ -53,6 +53,7 @@ from .settings import (
     MetricsConfig,
     NotifyConfig,
     PolicyConfig,
+    Provider,
     ResolverSpec,
     SecretEnvRef,
     SecretFileRef,

@@ -1,18 +1,17 @@
 """The configuration as frozen values (DESIGN.md §4): what every module reads.
 
-A leaf: it imports nothing of mxwatch but the provider profile type. `config.py` is the loader
-that turns a TOML file into these values; only the command line and the daemon import it.
+A leaf: it imports nothing of mxwatch. `config.py` is the loader that turns a TOML file into
+these values; only the command line and the daemon import it.
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
-
-from .providers import Provider
 
 
 class Cloud(enum.StrEnum):
@@ -41,6 +40,27 @@ CLOUDS: dict[Cloud, CloudEndpoints] = {
     ),
     Cloud.CHINA: CloudEndpoints("https://login.chinacloudapi.cn", "https://partner.outlook.cn"),
 }
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A filtering service: the MX hosts it answers on and the IPs it delivers from."""
+
+    name: str
+    mx: tuple[str, ...]  # normalised patterns: "*.suffix" or an exact host name
+    sender_ips: tuple[ipaddress.IPv4Network, ...] = ()
+    source: str = "config"  # where the values come from, for status and docs
+
+    def matches(self, exchange: str) -> bool:
+        """True when an MX exchange host belongs to this provider."""
+        host = exchange.rstrip(".").lower()
+        for pattern in self.mx:
+            if pattern.startswith("*."):
+                if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
+                    return True
+            elif host == pattern:
+                return True
+        return False
 
 
 @dataclass(frozen=True)
