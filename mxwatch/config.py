@@ -749,8 +749,9 @@ def _ignored(tenant: Mapping[str, Any]) -> set[str]:
     names = tenant.get("ignore_domains")
     ignored = set()
     for value in names if isinstance(names, list) else []:
-        with contextlib.suppress(ValueError, TypeError):
-            ignored.add(_domain(value))
+        if isinstance(value, str):  # anything else is reported by the model
+            with contextlib.suppress(ValueError):
+                ignored.add(_domain(value))
     return ignored
 
 

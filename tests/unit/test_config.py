@@ -409,6 +409,14 @@ def test_a_domain_both_managed_and_ignored_is_an_error(problems: Callable[..., l
     assert found == ["tenant[0].domains[0]: a.example is also in tenant[0].ignore_domains"]
 
 
+def test_a_non_string_ignored_domain_is_reported_with_its_key(
+    problems: Callable[..., list[str]],
+) -> None:
+    # The check against domains read it as a string and raised AttributeError.
+    found = problems(EXCHANGE + TENANT + "ignore_domains = [1]\n")
+    assert found == ["tenant[0].ignore_domains[0]: must be a string"]
+
+
 def test_empty_domains_list_is_an_error(problems: Callable[..., list[str]]) -> None:
     found = problems(
         EXCHANGE
