@@ -4,7 +4,9 @@
 problem, each prefixed by its key path (`tenant[0].domains[2]`, `providers.acme.mx[1]`;
 array indexes are 0-based). Two layers find problems:
 
-- pydantic models (strict, unknown keys forbidden) check each key's type and value;
+- pydantic models (strict, unknown keys forbidden) check each key's type and value. They are
+  built from the dataclasses of settings.py, where each key is defined once (its type,
+  default, bounds and description), and they give those dataclasses;
 - `_relation_problems` checks rules that span keys (credentials, duplicates, references).
   It reads the raw TOML tolerantly, so it still runs when some values are invalid and the
   operator sees every problem at once rather than one layer at a time.
@@ -17,7 +19,9 @@ never written in the file; only references to them (a path or an environment var
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
+import enum
 import ipaddress
 import os
 import re
@@ -25,7 +29,8 @@ import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -34,29 +39,35 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
+    create_model,
 )
 
 from .names import BadName, normalise_name, normalise_pattern
-from .providers import BUILTIN_PROVIDERS, Provider
+from .providers import BUILTIN_PROVIDERS
 from .settings import (
     CLOUDS,
+    KEY,
     CertificateRef,
     Cloud,
     CloudEndpoints,
     Config,
+    ConfigFile,
+    CredentialKeys,
     CredentialRef,
-    DaemonConfig,
-    DnsConfig,
     ExchangeConfig,
-    MetricsConfig,
-    NotifyConfig,
-    PolicyConfig,
+    ExchangeKeys,
+    Form,
+    Key,
+    Provider,
+    ProviderKeys,
     ResolverSpec,
     SecretEnvRef,
     SecretFileRef,
     TenantConfig,
+    TenantKeys,
 )
 
 
@@ -130,9 +141,9 @@ def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Conf
     raw = _read_toml(path)
     context = {"environ": env, "base": path.absolute().parent}
     problems: list[str] = []
-    document: _Document | None = None
+    document: ConfigFile | None = None
     try:
-        document = _Document.model_validate(raw, context=context)
+        document = _FILE.validate_python(raw, context=context)
     except ValidationError as exc:
         problems.extend(_describe(error) for error in exc.errors(include_input=False))
     problems.extend(_relation_problems(raw))
@@ -409,119 +420,128 @@ def _context(info: ValidationInfo) -> tuple[Mapping[str, str], Path]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The file's shape. Every table forbids unknown keys; values arrive converted.
-
-Duration = Annotated[timedelta, PlainValidator(_duration)]
-PositiveDuration = Annotated[timedelta, PlainValidator(_positive_duration)]
-Settle = Annotated[timedelta | None, PlainValidator(_settle)]
-Guid = Annotated[str, AfterValidator(_guid)]
-FilePath = Annotated[Path, PlainValidator(_path)]
-EnvName = Annotated[str, AfterValidator(_env_name)]
-HttpsUrl = Annotated[str, AfterValidator(_https_url)]
-
-# Every duration key has an upper bound: a larger value is a slip of unit or digit, and an
-# unbounded one ("9999999d") passed validation, then overflowed the date arithmetic of every
-# cycle. Each bound is far above any sensible value and far below that overflow.
-# Cycles at least daily: a regression (mail bouncing) must not stay unseen for longer.
-_MAX_INTERVAL = timedelta(days=1)
-# Jitter only spreads the cycles of many instances; an hour spreads them as well as more would.
-_MAX_JITTER = timedelta(hours=1)
-# One DNS or webhook answer: a server silent for a minute is down, and waiting longer only
-# holds up the cycle (DNS) or the notification queue (webhook).
-_MAX_ANSWER_WAIT = timedelta(minutes=1)
-# Room for a whole Exchange operation, retries and Retry-After waits included; anything slower
-# is better retried next cycle.
-_MAX_EXCHANGE_TIMEOUT = timedelta(minutes=10)
-# Settle waits for old MX records to leave caches, which is a TTL; resolvers cap the TTLs they
-# cache at a day (Unbound) or a week (BIND), so a month is past any real one.
-_MAX_SETTLE = timedelta(days=30)
-# The longest a connector changed by hand (switched off, say) goes unnoticed.
-_MAX_RECHECK = timedelta(days=7)
+# The file's shape, built from the dataclasses of settings.py: a pydantic model per table with a
+# field per key, whose type and default come from the dataclass field. Every table forbids
+# unknown keys; values arrive converted, and every table arrives as its dataclass.
 
 
 class _Table(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
-class _Daemon(_Table):
-    interval: Annotated[PositiveDuration, _at_most(_MAX_INTERVAL)] = DaemonConfig.interval
-    jitter: Annotated[Duration, _at_most(_MAX_JITTER)] = DaemonConfig.jitter
-    state: Annotated[Path, PlainValidator(_state)] = Field(default="auto", validate_default=True)
-    dry_run: bool = False
+# The rule of each form a string can take (settings.Form).
+_FORMS: dict[Form, Any] = {
+    "guid": Annotated[str, AfterValidator(_guid)],
+    "tenant name": Annotated[str, AfterValidator(_tenant_name)],
+    "connector": Annotated[str, AfterValidator(_connector)],
+    "environment variable": Annotated[str, AfterValidator(_env_name)],
+    "https URL": Annotated[str, AfterValidator(_https_url)],
+    "webhook": Annotated[str, AfterValidator(_webhook)],
+    "domain": Annotated[str, AfterValidator(_domain)],
+    "MX pattern": Annotated[str, AfterValidator(_pattern)],
+    "listen address": Annotated[tuple[str, int], PlainValidator(_listen)],
+}
+
+# The rule of each type whose rule needs nothing from the key.
+_TYPES: dict[Any, Any] = {
+    bool: bool,
+    str: str,
+    Path: Annotated[Path, PlainValidator(_path)],
+    ResolverSpec: Annotated[ResolverSpec, PlainValidator(_resolver)],
+    ipaddress.IPv4Network: Annotated[ipaddress.IPv4Network, PlainValidator(_cidr)],
+}
+
+# What _model_field reads of a field without a Key: ConfigFile's, which are tables, not keys.
+_TABLE = Key("a table")
 
 
-class _Dns(_Table):
-    resolvers: Annotated[
-        list[Annotated[ResolverSpec, PlainValidator(_resolver)]], Field(min_length=1)
-    ] = Field(default_factory=lambda: list(DnsConfig.resolvers))
-    authoritative: bool = True
-    timeout: Annotated[PositiveDuration, _at_most(_MAX_ANSWER_WAIT)] = DnsConfig.timeout
-    authoritative_port: Annotated[int, Field(ge=1, le=65535, strict=True)] = 53
+def _table_type(keys: type[Any]) -> Any:
+    """The type of a table whose keys are the fields of the dataclass `keys`; gives a `keys`."""
+    hints = get_type_hints(keys)
+    definitions: dict[str, Any] = {
+        field.name: _model_field(field, hints[field.name]) for field in dataclasses.fields(keys)
+    }
+    model = create_model(keys.__name__, __base__=_Table, **definitions)
+    return Annotated[model, AfterValidator(lambda table: keys(**dict(table)))]
 
 
-class _Policy(_Table):
-    confirmations: Annotated[int, Field(ge=1)] = PolicyConfig.confirmations
-    settle: Annotated[Settle, _at_most(_MAX_SETTLE)] = None
-    min_settle: Annotated[Duration, _at_most(_MAX_SETTLE)] = PolicyConfig.min_settle
-    default_old_ttl: Annotated[Duration, _at_most(_MAX_SETTLE)] = PolicyConfig.default_old_ttl
-    on_regression: Literal["alert", "disable"] = "alert"
-    recheck: Annotated[Duration, _at_most(_MAX_RECHECK)] = PolicyConfig.recheck
+def _model_field(field: dataclasses.Field[Any], hint: Any) -> tuple[Any, Any]:
+    """A key's pydantic type and default, from its dataclass field."""
+    key = field.metadata.get(KEY, _TABLE)
+    value_type = _file_type(hint, key)
+    if dataclasses.is_dataclass(hint):
+        # A table left out is validated as an empty one, so that its "auto" defaults see the
+        # validation context (the environment).
+        return value_type, Field(default_factory=dict, validate_default=True)
+    if key.auto:
+        return value_type, Field(default="auto", validate_default=True)
+    if field.default is not dataclasses.MISSING:
+        return value_type, field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return value_type, Field(default_factory=field.default_factory)
+    return value_type, ...
 
 
-class _Credentials(_Table):
-    client_id: Guid | None = None
-    certificate: FilePath | None = None
-    client_secret_file: FilePath | None = None
-    client_secret_env: EnvName | None = None
+def _file_type(hint: Any, key: Key) -> Any:
+    """The type of a key as the file writes it: `X | None` may be left out (TOML has no null),
+    `tuple[X, ...]` is an array and `dict[str, X]` a table of tables."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType) and type(None) in args:
+        (value,) = (arg for arg in args if arg is not type(None))
+        return _file_type(value, key) | None
+    if origin is tuple and args[1:] == (...,):
+        return _array(_value_type(args[0], key), not_empty=key.not_empty)
+    if origin is dict:
+        return _named(_value_type(args[1], key))
+    return _value_type(hint, key)
 
 
-class _Exchange(_Credentials):
-    cloud: Literal["global", "gcc-high", "dod", "china", "custom"] = "global"
-    login_url: HttpsUrl | None = None
-    admin_url: HttpsUrl | None = None
-    ca_bundle: FilePath | None = None
-    timeout: Annotated[PositiveDuration, _at_most(_MAX_EXCHANGE_TIMEOUT)] = ExchangeConfig.timeout
+def _array(item: Any, *, not_empty: bool) -> Any:
+    """An array, given as a tuple: the dataclasses are frozen.
+
+    (A function of its own, like _named: mypy takes a parameter as a type argument, not a
+    local variable.)
+    """
+    items = Annotated[list[item], Field(min_length=1)] if not_empty else list[item]
+    return Annotated[items, AfterValidator(tuple)]
 
 
-class _Provider(_Table):
-    mx: Annotated[list[Annotated[str, AfterValidator(_pattern)]], Field(min_length=1)] | None = None
-    sender_ips: list[Annotated[ipaddress.IPv4Network, PlainValidator(_cidr)]] | None = None
+def _named(table: Any) -> Any:
+    """Tables by name, as [providers.NAME]."""
+    return dict[str, table]
 
 
-_DomainList = Annotated[list[Annotated[str, AfterValidator(_domain)]], Field(min_length=1)]
+def _value_type(hint: Any, key: Key) -> Any:
+    """The type of one value of a key: the key itself, or one item of an array."""
+    if key.form is not None:
+        return _FORMS[key.form]
+    if hint is Path and key.auto:
+        return Annotated[Path, PlainValidator(_state)]
+    if hint is timedelta:
+        return _duration_type(key)
+    if hint is int:
+        return Annotated[int, Field(ge=key.at_least, le=key.at_most)]
+    if hint in _TYPES:
+        return _TYPES[hint]
+    if get_origin(hint) is Literal:
+        return hint
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        # Strict mode takes members only; lax mode takes their values, as the file writes them.
+        return Annotated[hint, Field(strict=False)]
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _table_type(hint)
+    raise TypeError(f"no rule for a key of type {hint}")
 
 
-class _Tenant(_Credentials):
-    name: Annotated[str, AfterValidator(_tenant_name)]
-    tenant_id: Guid
-    connector: Annotated[str, AfterValidator(_connector)]
-    provider: str = "mailprotector"
-    # Omitted: the tenant's accepted domains. Given: never empty, which is likely a mistake.
-    domains: _DomainList | None = None
-    ignore_domains: list[Annotated[str, AfterValidator(_domain)]] = []
+def _duration_type(key: Key) -> Any:
+    """A duration: "auto" too for settle, greater than zero if the key says so, and bounded."""
+    rule = _settle if key.auto else _positive_duration if key.positive else _duration
+    if isinstance(key.at_most, timedelta):
+        return Annotated[timedelta, PlainValidator(rule), _at_most(key.at_most)]
+    return Annotated[timedelta, PlainValidator(rule)]
 
 
-class _Metrics(_Table):
-    listen: Annotated[tuple[str, int], PlainValidator(_listen)] | None = None
-
-
-class _Notify(_Table):
-    webhook: Annotated[str, AfterValidator(_webhook)] | None = None
-    format: Literal["json", "slack", "teams"] = "json"
-    timeout: Annotated[PositiveDuration, _at_most(_MAX_ANSWER_WAIT)] = NotifyConfig.timeout
-    retries: Annotated[int, Field(ge=0, le=10)] = NotifyConfig.retries
-
-
-class _Document(_Table):
-    # Absent tables are validated as empty ones, so that defaults see the validation context.
-    daemon: _Daemon = Field(default_factory=dict, validate_default=True)
-    dns: _Dns = Field(default_factory=dict, validate_default=True)
-    policy: _Policy = Field(default_factory=dict, validate_default=True)
-    exchange: _Exchange = Field(default_factory=dict, validate_default=True)
-    providers: dict[str, _Provider] = Field(default_factory=dict)
-    tenant: list[_Tenant] = Field(default_factory=list)
-    metrics: _Metrics = Field(default_factory=dict, validate_default=True)
-    notify: _Notify = Field(default_factory=dict, validate_default=True)
+_FILE: TypeAdapter[ConfigFile] = TypeAdapter(_table_type(ConfigFile))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -563,7 +583,7 @@ def _message(error: Mapping[str, Any], loc: tuple[str | int, ...]) -> str:
         return _unknown_key_message(loc)
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
-    if kind == "literal_error":
+    if kind in ("literal_error", "enum"):
         return f"must be {ctx.get('expected')}"
     if kind in ("greater_than_equal", "greater_than"):
         return f"must be at least {ctx.get('ge', ctx.get('gt'))}"
@@ -585,18 +605,11 @@ def _unknown_key_message(loc: tuple[str | int, ...]) -> str:
 
 
 def _known_keys(parent: tuple[str | int, ...]) -> list[str]:
-    tables: dict[str, type[BaseModel]] = {
-        "daemon": _Daemon,
-        "dns": _Dns,
-        "policy": _Policy,
-        "exchange": _Exchange,
-        "providers": _Provider,
-        "tenant": _Tenant,
-        "metrics": _Metrics,
-        "notify": _Notify,
-    }
-    model = tables.get(str(parent[0]), _Document) if parent else _Document
-    return list(model.model_fields)
+    tables = get_type_hints(ConfigFile)
+    table = tables.get(str(parent[0]), ConfigFile) if parent else ConfigFile
+    # The dataclass of the table's keys: ProviderKeys from dict[str, ProviderKeys], and so on.
+    keys = next(arg for arg in (table, *get_args(table)) if dataclasses.is_dataclass(arg))
+    return [field.name for field in dataclasses.fields(keys)]
 
 
 def key_path(loc: tuple[str | int, ...]) -> str:
@@ -624,7 +637,7 @@ def _relation_problems(raw: Mapping[str, Any]) -> list[str]:
     problems += _tenant_credential_problems(tenants, _table(raw, "exchange"))
     known = set(BUILTIN_PROVIDERS) | set(_table(raw, "providers"))
     for index, tenant in tenants:
-        provider = tenant.get("provider", "mailprotector")
+        provider = tenant.get("provider", TenantKeys.provider)
         if isinstance(provider, str) and provider not in known:
             problems.append(
                 f"tenant[{index}].provider: no provider named {provider!r} "
@@ -649,7 +662,7 @@ def _tenants(raw: Mapping[str, Any]) -> Iterator[tuple[int, Mapping[str, Any]]]:
 
 def _exchange_problems(exchange: Mapping[str, Any]) -> list[str]:
     problems = []
-    cloud = exchange.get("cloud", "global")
+    cloud = exchange.get("cloud", ExchangeKeys.cloud.value)
     for key in ("login_url", "admin_url"):
         if cloud == "custom" and key not in exchange:
             problems.append(f'exchange.{key}: required with cloud = "custom"')
@@ -746,8 +759,9 @@ def _ignored(tenant: Mapping[str, Any]) -> set[str]:
     names = tenant.get("ignore_domains")
     ignored = set()
     for value in names if isinstance(names, list) else []:
-        with contextlib.suppress(ValueError, TypeError):
-            ignored.add(_domain(value))
+        if isinstance(value, str):  # anything else is reported by the model
+            with contextlib.suppress(ValueError):
+                ignored.add(_domain(value))
     return ignored
 
 
@@ -761,7 +775,7 @@ def _across(first: str, index: int) -> str:
 # Conversion of a valid document into the frozen dataclasses
 
 
-def _build(path: Path, document: _Document) -> Config:
+def _build(path: Path, document: ConfigFile) -> Config:
     providers = _build_providers(document.providers)
     exchange = _build_exchange(document.exchange)
     tenants = tuple(
@@ -770,28 +784,18 @@ def _build(path: Path, document: _Document) -> Config:
     )
     return Config(
         path=path,
-        daemon=DaemonConfig(
-            interval=document.daemon.interval,
-            jitter=document.daemon.jitter,
-            state=document.daemon.state,
-            dry_run=document.daemon.dry_run,
-        ),
-        dns=DnsConfig(
-            resolvers=tuple(document.dns.resolvers),
-            authoritative=document.dns.authoritative,
-            timeout=document.dns.timeout,
-            authoritative_port=document.dns.authoritative_port,
-        ),
-        policy=PolicyConfig(**document.policy.model_dump()),
+        daemon=document.daemon,
+        dns=document.dns,
+        policy=document.policy,
         exchange=exchange,
         providers=providers,
         tenants=tenants,
-        metrics=MetricsConfig(listen=document.metrics.listen),
-        notify=NotifyConfig(**document.notify.model_dump()),
+        metrics=document.metrics,
+        notify=document.notify,
     )
 
 
-def _build_providers(tables: Mapping[str, _Provider]) -> dict[str, Provider]:
+def _build_providers(tables: Mapping[str, ProviderKeys]) -> dict[str, Provider]:
     providers = dict(BUILTIN_PROVIDERS)
     for name, table in tables.items():
         builtin = BUILTIN_PROVIDERS.get(name)
@@ -813,7 +817,7 @@ def _build_providers(tables: Mapping[str, _Provider]) -> dict[str, Provider]:
     return providers
 
 
-def _credential(table: _Credentials, where: str) -> CredentialRef | None:
+def _credential(table: CredentialKeys, where: str) -> CredentialRef | None:
     if table.certificate is not None:
         return CertificateRef(table.certificate, key=f"{where}.certificate")
     if table.client_secret_file is not None:
@@ -823,8 +827,8 @@ def _credential(table: _Credentials, where: str) -> CredentialRef | None:
     return None
 
 
-def _build_exchange(table: _Exchange) -> ExchangeConfig:
-    cloud = Cloud(table.cloud)
+def _build_exchange(table: ExchangeKeys) -> ExchangeConfig:
+    cloud = table.cloud
     if cloud is Cloud.CUSTOM:
         assert table.login_url is not None and table.admin_url is not None  # checked above
         endpoints = CloudEndpoints(table.login_url, table.admin_url)
@@ -842,7 +846,7 @@ def _build_exchange(table: _Exchange) -> ExchangeConfig:
 
 
 def _build_tenant(
-    index: int, table: _Tenant, exchange: ExchangeConfig, providers: Mapping[str, Provider]
+    index: int, table: TenantKeys, exchange: ExchangeConfig, providers: Mapping[str, Provider]
 ) -> TenantConfig:
     client_id = table.client_id or exchange.client_id
     credential = _credential(table, f"tenant[{index}]") or exchange.credential
@@ -852,8 +856,8 @@ def _build_tenant(
         tenant_id=table.tenant_id,
         connector=table.connector,
         provider=providers[table.provider],
-        domains=tuple(table.domains or ()),
+        domains=table.domains or (),
         client_id=client_id,
         credential=credential,
-        ignore_domains=tuple(table.ignore_domains),
+        ignore_domains=table.ignore_domains,
     )

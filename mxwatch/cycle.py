@@ -33,8 +33,7 @@ from .model import (
     Verdict,
     WriteAction,
 )
-from .providers import Provider
-from .settings import Config, TenantConfig
+from .settings import Config, Provider, TenantConfig
 from .store import Store, StoredTenant
 
 log = get_logger("mxwatch.cycle")

@@ -66,8 +66,7 @@ from dns.rdtypes.IN.A import A
 
 from .model import DomainObservation, Observation
 from .names import BadName, normalise_name
-from .providers import Provider
-from .settings import DnsConfig, ResolverSpec
+from .settings import DnsConfig, Provider, ResolverSpec
 from .verdicts import (
     NULL_MX_EXCHANGE,
     classify,

@@ -32,8 +32,7 @@ from .model import (
     Verdict,
     WriteAction,
 )
-from .providers import Provider
-from .settings import Config, DaemonConfig, PolicyConfig, TenantConfig
+from .settings import Config, DaemonConfig, PolicyConfig, Provider, TenantConfig
 
 NOT_CUT_OVER = frozenset({Verdict.DIRECT, Verdict.MIXED, Verdict.NO_MX})
 # RFC 8767 §4: resolvers cap the TTLs they keep at about 7 days, so no sender holds an old MX

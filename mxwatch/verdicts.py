@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from .model import DomainObservation, MxRecord, Observation, Verdict
-from .providers import Provider
+from .settings import Provider
 
 NULL_MX_EXCHANGE = "."
 

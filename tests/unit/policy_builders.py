@@ -25,8 +25,7 @@ from mxwatch.model import (
     Verdict,
 )
 from mxwatch.policy import Reads, Rules
-from mxwatch.providers import Provider
-from mxwatch.settings import PolicyConfig
+from mxwatch.settings import PolicyConfig, Provider
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 TENANT = "contoso"

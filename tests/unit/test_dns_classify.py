@@ -27,7 +27,8 @@ from mxwatch.dns import (
     zone_servers,
 )
 from mxwatch.model import MxRecord, Observation, Verdict
-from mxwatch.providers import MAILPROTECTOR, Provider
+from mxwatch.providers import MAILPROTECTOR
+from mxwatch.settings import Provider
 from mxwatch.verdicts import classify, is_ip_literal, normalise_exchange
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -40,8 +40,7 @@ from mxwatch.policy import (
     settle_for,
     update_domains,
 )
-from mxwatch.providers import Provider
-from mxwatch.settings import DaemonConfig, PolicyConfig, TenantConfig
+from mxwatch.settings import DaemonConfig, PolicyConfig, Provider, TenantConfig
 from tests.unit.policy_builders import (
     EIGHT_24S,
     GAP,

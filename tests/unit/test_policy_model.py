@@ -52,8 +52,7 @@ from mxwatch.policy import (
     decide,
     update_domains,
 )
-from mxwatch.providers import Provider
-from mxwatch.settings import DaemonConfig, PolicyConfig, TenantConfig
+from mxwatch.settings import DaemonConfig, PolicyConfig, Provider, TenantConfig
 from mxwatch.verdicts import combine_observations
 
 F, D, M, N, U = (Verdict.FILTERED, Verdict.DIRECT, Verdict.MIXED, Verdict.NO_MX, Verdict.UNKNOWN)
