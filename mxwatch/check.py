@@ -17,8 +17,7 @@ from typing import Any
 from . import policy
 from .dns import DnsObserver
 from .model import DomainObservation, MxRecord, Observation, Verdict
-from .providers import Provider
-from .settings import DaemonConfig, PolicyConfig
+from .settings import DaemonConfig, PolicyConfig, Provider
 from .verdicts import belongs_to, is_ip_literal
 
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from . import __version__
 from .model import Connector, ConnectorLookup, ExchangeFailure, LookupStatus, NewConnector
 from .policy import Audit, audit_connector
-from .providers import Provider
+from .settings import Provider
 
 # Exchange takes sender ranges of /24 to /32 only; a wider published range is sent as /24s.
 WIDEST_PREFIX = 24

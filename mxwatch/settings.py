@@ -171,8 +171,8 @@ class DaemonConfig:
         default=timedelta(minutes=5),
         metadata=key(
             "time between cycles; with `--once` on a timer, the timer's period. Two "
-            "observations of a domain more than `1.5 x interval + jitter` apart restart its "
-            "streak",
+            "observations of a domain more than `1.5 x interval + jitter` (plus the last "
+            "cycle's duration) apart restart its streak",
             positive=True,
             # Cycles at least daily: a regression (mail bouncing) must not stay unseen longer.
             at_most=timedelta(days=1),

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from mxwatch.model import Connector, ConnectorLookup, ErrorKind, ExchangeFailure
 from mxwatch.policy import audit_connector
-from mxwatch.providers import Provider
 from mxwatch.provision_plan import (
     MAX_SENDER_ENTRIES,
     AddSenderIps,
@@ -20,6 +19,7 @@ from mxwatch.provision_plan import (
     exchange_ranges,
     plan_tenant,
 )
+from mxwatch.settings import Provider
 from tests.unit.policy_builders import (
     EIGHT_24S,
     GUID,
