@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mxwatch import store as store_module
+from mxwatch.store import sqlite as store_module
 from mxwatch.model import (
     DomainRecord,
     Intent,

@@ -8,33 +8,38 @@ says what to do, because the journal is the operator's only record of what mxwat
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
-from .lockfile import LockBusy, LockFile
-from .model import (
-    DomainRecord,
-    Intent,
-    MxRecord,
-    TenantRecord,
-    TenantState,
-    Transition,
-    Verdict,
-    WriteAction,
+from ..lockfile import LockBusy, LockFile
+from ..model import Intent, Transition
+from .rows import (
+    INSERT_DOMAIN,
+    INSERT_JOURNAL,
+    RECORD_CYCLE,
+    UPSERT_INTENT,
+    UPSERT_TENANT,
+    CycleRun,
+    StoreBusy,
+    StoredTenant,
+    StoreError,
+    cycle_run_from_row,
+    domain_row,
+    intent_from_row,
+    intent_row,
+    journal_row,
+    reject_duplicates,
+    stored_tenant,
+    tenant_row,
+    time_to_db,
+    transition_from_row,
 )
-
-__all__ = ["SCHEMA_VERSION", "CycleRun", "Store", "StoreBusy", "StoreError", "StoredTenant"]
 
 # Written into the SQLite header so a foreign database is recognised instead of being
 # migrated into ("MXwt").
@@ -136,79 +141,6 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-_UPSERT_TENANT = """
-    INSERT INTO tenant (
-        name, tenant_id, connector, state, since, reason, confirmations, eligible_at,
-        eligible_reason, waiting_for, connector_guid, connector_enabled, connector_checked_at
-    ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (name) DO UPDATE SET
-        tenant_id = excluded.tenant_id,
-        connector = excluded.connector,
-        state = excluded.state,
-        since = excluded.since,
-        reason = excluded.reason,
-        confirmations = excluded.confirmations,
-        eligible_at = excluded.eligible_at,
-        eligible_reason = excluded.eligible_reason,
-        waiting_for = excluded.waiting_for,
-        connector_guid = excluded.connector_guid,
-        connector_enabled = excluded.connector_enabled,
-        connector_checked_at = excluded.connector_checked_at
-"""
-_INSERT_DOMAIN = (
-    "INSERT INTO domain (tenant, domain, position, verdict, mx, ttl, checked_at, filtered_since,"
-    " filtered_count, filtered_at, misses, old_ttl, old_ttl_cached, accepted)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_JOURNAL = (
-    "INSERT INTO journal (at, tenant, domain, from_state, to_state, reason, evidence)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-_UPSERT_INTENT = (
-    "INSERT INTO intent (tenant, action, guid, at) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (tenant) DO UPDATE SET action = excluded.action, guid = excluded.guid,"
-    " at = excluded.at"
-)
-
-
-class StoreError(Exception):
-    """The state file cannot be used; the message names the file and what to do."""
-
-
-class StoreBusy(StoreError):
-    """Another process holds the state for its cycle; the message names it."""
-
-
-@dataclass(frozen=True)
-class StoredTenant:
-    tenant_id: str
-    connector: str  # the configured connector identity (name or GUID)
-    record: TenantRecord
-    domains: tuple[DomainRecord, ...]
-    intent: Intent | None = None  # a connector write whose outcome is not yet recorded
-
-
-@dataclass(frozen=True)
-class CycleRun:
-    """The last finished cycle: when, whether it had no errors, and the last one that had none."""
-
-    finished_at: datetime
-    ok: bool
-    last_ok_at: datetime | None
-    duration: float | None = None  # seconds
-
-
-_RECORD_CYCLE = """
-    INSERT INTO cycle_run (id, finished_at, ok, last_ok_at, duration_s) VALUES (1, ?, ?, ?, ?)
-    ON CONFLICT (id) DO UPDATE SET
-        finished_at = excluded.finished_at,
-        ok = excluded.ok,
-        duration_s = excluded.duration_s,
-        last_ok_at = coalesce(excluded.last_ok_at, cycle_run.last_ok_at)
-"""
-
 
 class Store:
     """Current state plus journal in one SQLite file. Safe to share between threads."""
@@ -303,7 +235,7 @@ class Store:
         if row is None:
             return None
         with self._decoding(f"the intent of tenant {tenant}"):
-            return _intent(row)
+            return intent_from_row(row)
 
     def load_all(self) -> list[StoredTenant]:
         """Every stored tenant, ordered by name (including tenants no longer configured)."""
@@ -330,12 +262,7 @@ class Store:
         if row is None:
             return None
         with self._decoding("the last cycle"):
-            return CycleRun(
-                finished_at=_required_time(row["finished_at"]),
-                ok=bool(row["ok"]),
-                last_ok_at=_time_from_db(row["last_ok_at"]),
-                duration=row["duration_s"],
-            )
+            return cycle_run_from_row(row)
 
     # -- the one writer ----------------------------------------------------------------------
 
@@ -384,9 +311,9 @@ class Store:
     def record_intent(self, tenant: str, intent: Intent) -> None:
         """Commit a connector write before it is made, so that a crash cannot hide it."""
         self._check_writable()
-        row = (tenant, intent.action.value, intent.guid, _time_to_db(intent.at, "intent.at"))
+        row = (tenant, intent.action.value, intent.guid, time_to_db(intent.at, "intent.at"))
         with self._using("recording a write intent"), self._transaction():
-            self._conn.execute(_UPSERT_INTENT, row)
+            self._conn.execute(UPSERT_INTENT, row)
 
     def _check_writable(self) -> None:
         if self._readonly:
@@ -406,9 +333,9 @@ class Store:
         last_ok_at keeps the last ok."""
         if self._readonly:
             raise StoreError(f"cannot write {self._path}: this store was opened read-only")
-        at = _time_to_db(finished_at, "the cycle's finished_at")
+        at = time_to_db(finished_at, "the cycle's finished_at")
         with self._using("recording a cycle"), self._transaction():
-            self._conn.execute(_RECORD_CYCLE, (at, int(ok), at if ok else None, duration))
+            self._conn.execute(RECORD_CYCLE, (at, int(ok), at if ok else None, duration))
 
     def save_cycle(
         self, tenants: Sequence[StoredTenant], transitions: Sequence[Transition]
@@ -421,29 +348,29 @@ class Store:
         (TypeError) fails without touching the file.
         """
         self._check_writable()
-        _reject_duplicates(tenants)
-        tenant_rows = [_tenant_row(t) for t in tenants]
+        reject_duplicates(tenants)
+        tenant_rows = [tenant_row(t) for t in tenants]
         domain_rows = [
-            _domain_row(t.record.name, i, d) for t in tenants for i, d in enumerate(t.domains)
+            domain_row(t.record.name, i, d) for t in tenants for i, d in enumerate(t.domains)
         ]
-        journal_rows = [_journal_row(tr) for tr in transitions]
-        intent_rows = [_intent_row(t) for t in tenants if t.intent is not None]
+        journal_rows = [journal_row(tr) for tr in transitions]
+        intent_rows = [intent_row(t) for t in tenants if t.intent is not None]
         names = [(t.record.name,) for t in tenants]
         with self._using("saving a cycle"), self._transaction():
-            self._conn.executemany(_UPSERT_TENANT, tenant_rows)
+            self._conn.executemany(UPSERT_TENANT, tenant_rows)
             self._conn.executemany("DELETE FROM domain WHERE tenant = ?", names)
-            self._conn.executemany(_INSERT_DOMAIN, domain_rows)
+            self._conn.executemany(INSERT_DOMAIN, domain_rows)
             self._conn.executemany("DELETE FROM intent WHERE tenant = ?", names)
-            self._conn.executemany(_UPSERT_INTENT, intent_rows)
-            self._conn.executemany(_INSERT_JOURNAL, journal_rows)
+            self._conn.executemany(UPSERT_INTENT, intent_rows)
+            self._conn.executemany(INSERT_JOURNAL, journal_rows)
 
     def append_journal(self, transitions: Sequence[Transition]) -> None:
         """Append entries outside a cycle (`mxwatch provision`'s writes), in one transaction;
         tenant and domain rows are left as they are."""
         self._check_writable()
-        rows = [_journal_row(t) for t in transitions]
+        rows = [journal_row(t) for t in transitions]
         with self._using("appending to the journal"), self._transaction():
-            self._conn.executemany(_INSERT_JOURNAL, rows)
+            self._conn.executemany(INSERT_JOURNAL, rows)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -542,25 +469,11 @@ class Store:
         ).fetchall()
         intent = self._conn.execute("SELECT * FROM intent WHERE tenant = ?", (name,)).fetchone()
         with self._decoding(f"tenant {name}"):
-            return StoredTenant(
-                tenant_id=row["tenant_id"],
-                connector=row["connector"],
-                record=_tenant_record(row),
-                domains=tuple(_domain_record(d) for d in domain_rows),
-                intent=None if intent is None else _intent(intent),
-            )
+            return stored_tenant(row, domain_rows, intent)
 
     def _transition(self, row: sqlite3.Row) -> Transition:
         with self._decoding(f"journal entry {row['id']}"):
-            return Transition(
-                at=_required_time(row["at"]),
-                tenant=row["tenant"],
-                domain=row["domain"],
-                from_state=row["from_state"],
-                to_state=row["to_state"],
-                reason=row["reason"],
-                evidence=json.loads(row["evidence"]),
-            )
+            return transition_from_row(row)
 
     @contextmanager
     def _decoding(self, what: str) -> Iterator[None]:
@@ -664,155 +577,3 @@ def _classify(path: Path, action: str, exc: sqlite3.Error, busy_timeout: float) 
     if name.startswith("SQLITE_CONSTRAINT"):
         return StoreError(f"{path} refused a value while {action} ({exc}); nothing was saved")
     return StoreError(f"SQLite failed on {path} while {action}: {exc}")
-
-
-# -- values <-> rows ---------------------------------------------------------------------------
-
-
-def _reject_duplicates(tenants: Sequence[StoredTenant]) -> None:
-    names = [t.record.name for t in tenants]
-    if len(set(names)) != len(names):
-        raise ValueError(f"save_cycle got the same tenant more than once: {sorted(names)}")
-    for t in tenants:
-        domains = [d.domain for d in t.domains]
-        if len(set(domains)) != len(domains):
-            raise ValueError(f"tenant {t.record.name} lists a domain twice: {domains}")
-
-
-def _tenant_row(t: StoredTenant) -> tuple[Any, ...]:
-    r = t.record
-    where = f"tenant {r.name}"
-    return (
-        r.name,
-        t.tenant_id,
-        t.connector,
-        TenantState(r.state).value,
-        _time_to_db(r.since, f"{where}: since"),
-        r.reason,
-        r.confirmations,
-        _time_to_db(r.eligible_at, f"{where}: eligible_at"),
-        r.eligible_reason,
-        r.waiting_for,
-        r.connector_guid,
-        None if r.connector_enabled is None else int(r.connector_enabled),
-        _time_to_db(r.connector_checked_at, f"{where}: connector_checked_at"),
-    )
-
-
-def _tenant_record(row: sqlite3.Row) -> TenantRecord:
-    enabled = row["connector_enabled"]
-    return TenantRecord(
-        name=row["name"],
-        state=TenantState(row["state"]),
-        since=_time_from_db(row["since"]),
-        reason=row["reason"],
-        confirmations=row["confirmations"],
-        eligible_at=_time_from_db(row["eligible_at"]),
-        eligible_reason=row["eligible_reason"],
-        waiting_for=row["waiting_for"],
-        connector_guid=row["connector_guid"],
-        connector_enabled=None if enabled is None else bool(enabled),
-        connector_checked_at=_time_from_db(row["connector_checked_at"]),
-    )
-
-
-def _domain_row(tenant: str, position: int, d: DomainRecord) -> tuple[Any, ...]:
-    where = f"tenant {tenant}, domain {d.domain}"
-    mx = [{"preference": m.preference, "exchange": m.exchange} for m in d.mx]
-    return (
-        tenant,
-        d.domain,
-        position,
-        None if d.verdict is None else Verdict(d.verdict).value,
-        json.dumps(mx),
-        d.ttl,
-        _time_to_db(d.checked_at, f"{where}: checked_at"),
-        _time_to_db(d.filtered_since, f"{where}: filtered_since"),
-        d.filtered_count,
-        _time_to_db(d.filtered_at, f"{where}: filtered_at"),
-        d.misses,
-        d.old_ttl,
-        d.old_ttl_cached,
-        int(d.accepted),
-    )
-
-
-def _domain_record(row: sqlite3.Row) -> DomainRecord:
-    verdict = row["verdict"]
-    return DomainRecord(
-        domain=row["domain"],
-        verdict=None if verdict is None else Verdict(verdict),
-        mx=tuple(MxRecord(m["preference"], m["exchange"]) for m in json.loads(row["mx"])),
-        ttl=row["ttl"],
-        checked_at=_time_from_db(row["checked_at"]),
-        filtered_since=_time_from_db(row["filtered_since"]),
-        filtered_count=row["filtered_count"],
-        filtered_at=_time_from_db(row["filtered_at"]),
-        misses=row["misses"],
-        old_ttl=row["old_ttl"],
-        old_ttl_cached=row["old_ttl_cached"],
-        accepted=bool(row["accepted"]),
-    )
-
-
-def _intent_row(t: StoredTenant) -> tuple[Any, ...]:
-    intent = t.intent
-    assert intent is not None
-    at = _time_to_db(intent.at, f"tenant {t.record.name}: intent.at")
-    return (t.record.name, intent.action.value, intent.guid, at)
-
-
-def _intent(row: sqlite3.Row) -> Intent:
-    return Intent(WriteAction(row["action"]), row["guid"], _required_time(row["at"]))
-
-
-def _journal_row(t: Transition) -> tuple[Any, ...]:
-    at = _time_to_db(t.at, f"transition of tenant {t.tenant}: at")
-    try:
-        evidence = json.dumps(t.evidence, default=_evidence_default, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"evidence of the {t.tenant} transition at {at}: {exc}") from exc
-    return (at, t.tenant, t.domain, t.from_state, t.to_state, t.reason, evidence)
-
-
-def _evidence_default(value: object) -> object:
-    """JSON for the values evidence is built from; anything else is a caller bug."""
-    if isinstance(value, datetime):
-        return _time_to_db(value, "a datetime in evidence")
-    if isinstance(value, enum.Enum):
-        return value.value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        # Shallow, so nested datetimes and enums come back through this function.
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, set | frozenset):
-        return sorted(value, key=repr)  # stable across runs, whatever the element types
-    raise TypeError(f"cannot store a {type(value).__name__} as JSON evidence: {value!r}")
-
-
-def _time_to_db(value: datetime | None, what: str) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(
-            f"{what} is a naive datetime ({value.isoformat()}); pass a timezone-aware time"
-        )
-    # Fixed width (always microseconds, always +00:00) so stored times also sort as text.
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _required_time(value: str) -> datetime:
-    parsed = _time_from_db(value)
-    if parsed is None:
-        raise ValueError("a required time is missing")
-    return parsed
-
-
-def _time_from_db(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        raise ValueError(f"stored time {value!r} has no time zone")
-    return parsed.astimezone(UTC)
