@@ -23,7 +23,7 @@ from .policy import Enable
 from .providers import BUILTIN_PROVIDERS
 from .provision_plan import TenantPlan
 from .settings import Config, DnsConfig, PolicyConfig, ResolverSpec
-from .store import Store, StoredTenant, StoreError
+from .store import StoredTenant, StoreError, open_store_readonly
 
 EXIT_OK, EXIT_TROUBLE, EXIT_USAGE = 0, 1, 2
 
@@ -310,7 +310,7 @@ def _provision(config: Config, names: Sequence[str], *, apply: bool, lock_wait: 
 
 
 def _health(config: Config) -> int:
-    with Store.open_readonly(config.daemon.state) as store:
+    with open_store_readonly(config.daemon.state) as store:
         last = store.last_cycle()
     ok, reason = health.check(last, config.daemon.interval, datetime.now(UTC))
     print(f"mxwatch: {'healthy' if ok else 'unhealthy'}: {reason}")
@@ -349,7 +349,7 @@ def _check_config(config: Config) -> int:
 
 
 def _status(config: Config, *, as_json: bool) -> int:
-    with Store.open_readonly(config.daemon.state) as store:
+    with open_store_readonly(config.daemon.state) as store:
         tenants = store.load_all()
     document = {"tenants": [_tenant_status(t) for t in tenants]}
     if as_json:
@@ -484,7 +484,7 @@ def _print_plan(entry: dict[str, Any]) -> None:
 
 
 def _history(config: Config, tenant: str | None, limit: int | None, *, as_json: bool) -> int:
-    with Store.open_readonly(config.daemon.state) as store:
+    with open_store_readonly(config.daemon.state) as store:
         entries = store.history(tenant, limit)
     for entry in entries:
         if as_json:

@@ -61,6 +61,7 @@ from .settings import (
     ExchangeKeys,
     Form,
     Key,
+    PostgresUri,
     Provider,
     ProviderKeys,
     ResolverSpec,
@@ -391,13 +392,29 @@ def _unset_variable(name: str, key: str | None) -> str:
     return f"refers to ${name}, which is not set in the environment"
 
 
-def _state(value: object, info: ValidationInfo) -> Path:
+def _state(value: object, info: ValidationInfo) -> Path | PostgresUri:
     if not isinstance(value, str):
-        raise ValueError('must be "auto" or a path as a string')
+        raise ValueError('must be "auto", a path or a postgresql:// URI, as a string')
+    if value.startswith(("postgresql://", "postgres://")):
+        return _postgres_uri(value)
     if value != "auto":
         return _path(value, info)
     env, _ = _context(info)
     return _auto_state_path(env)
+
+
+def _postgres_uri(value: str) -> PostgresUri:
+    # Not echoed: it is refused precisely when it may hold a password.
+    parts = urlsplit(value)
+    if parts.password is not None or "password=" in parts.query.lower():
+        raise ValueError(
+            "a PostgreSQL URI must not hold a password: put it in libpq's passfile (PGPASSFILE, "
+            "or passfile=... in the URI, e.g. passfile=$CREDENTIALS_DIRECTORY/pgpass) or in "
+            "PGPASSWORD"
+        )
+    if not parts.path.strip("/"):
+        raise ValueError("a PostgreSQL URI must name its database: postgresql://user@host/db")
+    return PostgresUri(value)
 
 
 def _auto_state_path(env: Mapping[str, str]) -> Path:
@@ -440,6 +457,7 @@ _FORMS: dict[Form, Any] = {
     "domain": Annotated[str, AfterValidator(_domain)],
     "MX pattern": Annotated[str, AfterValidator(_pattern)],
     "listen address": Annotated[tuple[str, int], PlainValidator(_listen)],
+    "state": Annotated[Path | PostgresUri, PlainValidator(_state)],
 }
 
 # The rule of each type whose rule needs nothing from the key.
@@ -515,8 +533,6 @@ def _value_type(hint: Any, key: Key) -> Any:
     """The type of one value of a key: the key itself, or one item of an array."""
     if key.form is not None:
         return _FORMS[key.form]
-    if hint is Path and key.auto:
-        return Annotated[Path, PlainValidator(_state)]
     if hint is timedelta:
         return _duration_type(key)
     if hint is int:

@@ -34,7 +34,7 @@ from .model import (
     WriteAction,
 )
 from .settings import Config, Provider, TenantConfig
-from .store import Store, StoredTenant
+from .store import StateStore, StoredTenant
 
 log = get_logger("mxwatch.cycle")
 
@@ -94,7 +94,7 @@ class CycleReport:
 @dataclass(frozen=True)
 class _CycleContext:
     config: Config
-    store: Store | None  # None: a plan, which reads Exchange and DNS and writes nothing
+    store: StateStore | None  # None: a plan, which reads Exchange and DNS and writes nothing
     dns: DnsSource
     exchange: ExchangeApi
     dry_run: bool
@@ -104,7 +104,7 @@ class _CycleContext:
 
 async def run_cycle(
     config: Config,
-    store: Store,
+    store: StateStore,
     dns: DnsSource,
     exchange: ExchangeApi,
     *,
@@ -148,7 +148,7 @@ async def run_cycle(
     return report
 
 
-def _last_duration(store: Store) -> timedelta:
+def _last_duration(store: StateStore) -> timedelta:
     last = store.last_cycle()
     return timedelta(seconds=last.duration or 0) if last is not None else timedelta(0)
 

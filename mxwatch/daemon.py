@@ -31,7 +31,7 @@ from .notify import WebhookNotifier, safe_target
 from .runner import NOTIFY_FLUSH, Services, cycle_and_record, warn_exposed_secret_files
 from .sdnotify import Notifier as SystemdNotifier
 from .settings import Config
-from .store import Store, StoreBusy
+from .store import StateStore, StoreBusy, open_store
 
 if TYPE_CHECKING:  # imported where used: `--once` and the other commands never schedule
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -99,7 +99,7 @@ class Daemon:
             loop.add_signal_handler(sig, self._request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         _bridge_scheduler_logs()
-        with Store.open(self.config.daemon.state) as store:
+        with open_store(self.config.daemon.state) as store:
             self._metrics.restore(store.last_cycle())
             self._services = self._build_services(store)
             server = self._serve_metrics()
@@ -214,7 +214,7 @@ class Daemon:
 
     # -- services ------------------------------------------------------------------------------
 
-    def _build_services(self, store: Store) -> Services:
+    def _build_services(self, store: StateStore) -> Services:
         config = self.config
         self._built_for = (config.dns, config.exchange, config.notify)
         notifier = WebhookNotifier(config.notify) if config.notify.webhook else None

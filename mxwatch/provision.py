@@ -33,7 +33,7 @@ from .model import (
 from .policy import audit_connector
 from .provision_plan import Action, Create, TenantPlan, plan_tenant
 from .settings import Config, TenantConfig
-from .store import Store
+from .store import StateStore, open_store
 
 log = get_logger("mxwatch.provision")
 
@@ -78,7 +78,7 @@ async def run_provision(
             plans = await _read_plans(exchange, tenants, utc_now())
             show_plan(plans)
             return ProvisionReport(plans)
-        with Store.open(config.daemon.state) as store:
+        with open_store(config.daemon.state) as store:
             await asyncio.to_thread(store.acquire, lock_wait, HOLDER)
             try:
                 now = utc_now()
@@ -115,7 +115,11 @@ async def _lookup(
 
 
 async def _apply(
-    exchange: ExchangeClient, store: Store, tenant: TenantConfig, plan: TenantPlan, now: datetime
+    exchange: ExchangeClient,
+    store: StateStore,
+    tenant: TenantConfig,
+    plan: TenantPlan,
+    now: datetime,
 ) -> Applied:
     action = plan.action
     if action is None:
@@ -135,7 +139,7 @@ async def _apply(
 
 
 def _record(
-    store: Store, tenant: TenantConfig, action: Action, connector: Connector, now: datetime
+    store: StateStore, tenant: TenantConfig, action: Action, connector: Connector, now: datetime
 ) -> str:
     """Log the write (first: should the store fail, the log still has it), then journal it."""
     event, reason, fields = _described(action, connector)

@@ -17,8 +17,8 @@ from .exchange import ExchangeClient
 from .logs import get_logger
 from .metrics import Metrics
 from .notify import WebhookNotifier
-from .settings import Config
-from .store import Store, StoredTenant
+from .settings import Config, PostgresUri
+from .store import StateStore, StoredTenant, StoreError, open_store, open_store_readonly
 
 log = get_logger("mxwatch.runner")
 
@@ -29,7 +29,7 @@ NOTIFY_FLUSH = 5.0  # seconds queued webhook posts get at exit
 class Services:
     """What one cycle needs beyond the config; owned by the caller."""
 
-    store: Store
+    store: StateStore
     dns: DnsObserver
     exchange: ExchangeClient
     metrics: Metrics
@@ -71,7 +71,7 @@ async def run_once(
     """`mxwatch --once`: one cycle, flush notifications briefly, write the metrics file."""
     warn_exposed_secret_files(config)
     metrics = Metrics()
-    with Store.open(config.daemon.state) as store:
+    with open_store(config.daemon.state) as store:
         metrics.restore(store.last_cycle())
         notifier = WebhookNotifier(config.notify) if config.notify.webhook else None
         async with ExchangeClient(config.exchange) as exchange:
@@ -107,8 +107,11 @@ async def run_plan(config: Config) -> list[TenantForecast]:
         return await plan_cycle(config, stored, DnsObserver(config.dns), exchange)
 
 
-def _stored(state: Path) -> dict[str, StoredTenant]:
-    if not state.is_file() or state.stat().st_size == 0:
-        return {}  # no cycle has run yet
-    with Store.open_readonly(state) as store:
-        return {t.record.name: t for t in store.load_all()}
+def _stored(state: Path | PostgresUri) -> dict[str, StoredTenant]:
+    try:
+        with open_store_readonly(state) as store:
+            return {t.record.name: t for t in store.load_all()}
+    except StoreError as exc:
+        if exc.kind == "empty":
+            return {}  # no cycle has run yet
+        raise

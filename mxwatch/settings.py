@@ -34,6 +34,7 @@ Form = Literal[
     "domain",
     "MX pattern",
     "listen address",
+    "state",
 ]
 
 
@@ -166,6 +167,17 @@ _TTL_LIMIT = timedelta(days=30)
 
 
 @dataclass(frozen=True)
+class PostgresUri:
+    """A libpq connection URI for a state shared by replicas; it never holds a password (libpq
+    finds that in its passfile, PGPASSFILE or PGPASSWORD)."""
+
+    uri: str
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     interval: timedelta = field(
         default=timedelta(minutes=5),
@@ -183,11 +195,15 @@ class DaemonConfig:
         # Jitter only spreads the cycles of many instances; an hour does that as well as more.
         metadata=key("random delay added to each cycle", at_most=timedelta(hours=1)),
     )
-    state: Path = field(
+    state: Path | PostgresUri = field(
         default=Path("state.db"),  # for code and tests; the file's default is "auto"
         metadata=key(
             "SQLite file. `auto`: `$STATE_DIRECTORY/state.db`, else "
-            "`$XDG_STATE_HOME/mxwatch/state.db`, else `~/.local/state/mxwatch/state.db`",
+            "`$XDG_STATE_HOME/mxwatch/state.db`, else `~/.local/state/mxwatch/state.db`. Or a "
+            "PostgreSQL URI `postgresql://user@host:port/db?sslmode=verify-full`, shared by "
+            "replicas of which one acts; the password never goes here (libpq's passfile, "
+            "`PGPASSFILE`, `PGPASSWORD`, or `passfile=$CREDENTIALS_DIRECTORY/...`)",
+            form="state",
             auto=True,
         ),
     )

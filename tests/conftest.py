@@ -3,6 +3,7 @@ installed where an unprivileged user can run it."""
 
 pytest_plugins = [
     "tests.fixtures.knot",
+    "tests.fixtures.postgres",
     "tests.fixtures.sandbox",
     "tests.fixtures.rig",
     "tests.fixtures.unprivileged",

@@ -34,11 +34,22 @@ class Row(Protocol):
 
 
 class StoreError(Exception):
-    """The state file cannot be used; the message names the file and what to do."""
+    """The state cannot be used; the message names the file or database and what to do.
+
+    `kind` names the failure for logs and metrics: "store" unless the backend knows better
+    (busy, unreachable, auth_failed, read_only, conflict, leader_lost, ...).
+    """
+
+    def __init__(self, message: str, *, kind: str = "store") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class StoreBusy(StoreError):
     """Another process holds the state for its cycle; the message names it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="busy")
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,7 @@ class Store:
         """Open an existing state file without any right to change it (status, history)."""
         path = Path(path)
         if not path.exists():
-            raise StoreError(f"no state yet at {path}: run mxwatch --once first")
+            raise StoreError(f"no state yet at {path}: run mxwatch --once first", kind="empty")
         if not path.is_file():
             raise StoreError(f"{path} is not a regular file: point daemon.state at a file")
         uri = f"{path.resolve().as_uri()}?mode=ro"
@@ -194,7 +194,7 @@ class Store:
         with store._closing_on_error():
             version = store._check_identity()
             if version == 0:
-                raise StoreError(f"no state yet at {path}: run mxwatch --once first")
+                raise StoreError(f"no state yet at {path}: run mxwatch --once first", kind="empty")
             if version < SCHEMA_VERSION:
                 raise StoreError(
                     f"{path} uses state schema {version}, this mxwatch reads {SCHEMA_VERSION}: "

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from mxwatch.store import sqlite as store_module
 from mxwatch.model import (
     DomainRecord,
     Intent,
@@ -25,6 +24,7 @@ from mxwatch.model import (
     WriteAction,
 )
 from mxwatch.store import SCHEMA_VERSION, CycleRun, Store, StoreBusy, StoredTenant, StoreError
+from mxwatch.store import sqlite as store_module
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 AS_ROOT = os.geteuid() == 0
