@@ -269,6 +269,8 @@ class PostgresStore:
 
     # -- leadership: the one writer ------------------------------------------------------------
 
+    shared = True  # replicas on several hosts: one leads, the others stand by
+
     def acquire(self, wait: float, command: str) -> None:
         """Hold the state for a cycle: take the lead, waiting up to `wait` seconds for the
         process that has it; StoreBusy names that process. A process that leads already (the

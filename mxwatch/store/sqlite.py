@@ -304,6 +304,19 @@ class Store:
         finally:
             self.release()
 
+    # One file on one host: whoever runs a cycle locks the file for it; there is no lead to
+    # hold between cycles, so every process may try each cycle.
+    shared = False
+
+    def lead(self, command: str) -> bool:
+        return True
+
+    def check_lead(self) -> bool:
+        return True
+
+    def leader(self) -> tuple[str, str] | None:
+        return None
+
     def holds_exclusively(self) -> bool:
         """This process holds the state lock right now."""
         return self._lease is not None and self._lease.held()
