@@ -20,9 +20,9 @@ from .cycle import DEFAULT_LOCK_WAIT, TenantForecast
 from .dns import DnsObserver
 from .model import DomainRecord
 from .policy import Enable
-from .providers import BUILTIN_PROVIDERS
+from .providers import BUILTIN_PROVIDERS, origin
 from .provision_plan import TenantPlan
-from .settings import Config, DnsConfig, PolicyConfig, ResolverSpec
+from .settings import Config, DnsConfig, PolicyConfig, Provider, ResolverSpec
 from .store import StoredTenant, StoreError, open_store_readonly
 
 EXIT_OK, EXIT_TROUBLE, EXIT_USAGE = 0, 1, 2
@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 0 if the last cycle finished within 3 x interval, else 1 with the reason",
     )
     _add_check(commands, common)
+    _add_providers(commands, common)
     _add_provision(commands, common)
     parser.add_argument(
         "--lock-wait",
@@ -136,6 +137,21 @@ def _add_check(commands: Any, common: argparse.ArgumentParser) -> None:
         "--provider", metavar="NAME", help="the filter (default mailprotector; built in or -c's)"
     )
     check_parser.add_argument("--json", action="store_true", help="one JSON object")
+
+
+def _add_providers(commands: Any, common: argparse.ArgumentParser) -> None:
+    providers_parser = commands.add_parser(
+        "providers",
+        parents=[common],
+        help="the built-in provider profiles; with -c, the configured ones too (no config needed)",
+        description=(
+            "List each provider profile: its name, MX patterns, sender ranges and where they "
+            "come from. Without -c, the built-in profiles (the default config path is not "
+            "read); with -c, the config's providers, each marked built-in, configured or "
+            "overrides built-in. Exit 0, or 2 on a bad config."
+        ),
+    )
+    providers_parser.add_argument("--json", action="store_true", help="one JSON object")
 
 
 def _add_provision(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -206,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Commands that print a report keep stdout for it; their log lines go to stderr.
     reports = ("check", "provision", "plan")
     logs.configure(args.log_level, sys.stderr if args.command in reports else None)
+    if args.command == "providers":
+        return _providers(args)
     if args.command == "check":
         return _check(args)
     try:
@@ -280,6 +298,36 @@ def _check(args: argparse.Namespace) -> int:
         for line in check.check_lines(results, providers[name]):
             _print_line(line)
     return EXIT_OK if all(result.filtered for result in results) else EXIT_TROUBLE
+
+
+def _providers(args: argparse.Namespace) -> int:
+    """`mxwatch providers`: as `check`, no config unless -c names one."""
+    providers = BUILTIN_PROVIDERS
+    if args.config is not None:
+        try:
+            providers = load_config(args.config, environ=os.environ).providers
+        except ConfigError as exc:
+            return _config_failed(exc.problems)
+    entries = [_provider_entry(provider) for provider in providers.values()]
+    if args.json:
+        print(json.dumps({"providers": entries}, indent=2))
+        return EXIT_OK
+    for entry in entries:
+        _print_line(f"{entry['name']}  ({entry['origin']})")
+        _print_line(f"    mx:         {', '.join(entry['mx'])}")
+        _print_line(f"    sender_ips: {', '.join(entry['sender_ips']) or 'none'}")
+        _print_line(f"    source:     {entry['source']}")
+    return EXIT_OK
+
+
+def _provider_entry(provider: Provider) -> dict[str, Any]:
+    return {
+        "name": provider.name,
+        "origin": origin(provider),
+        "mx": list(provider.mx),
+        "sender_ips": [str(network) for network in provider.sender_ips],
+        "source": provider.source,
+    }
 
 
 def _provision(config: Config, names: Sequence[str], *, apply: bool, lock_wait: float) -> int:

@@ -166,7 +166,7 @@ def test_an_unanswered_resolver_is_unknown_and_exits_1(tmp_path: Path) -> None:
         (["bad..example"], "'bad..example' is not a valid domain name"),
         (["--resolver", "dns.example", "a.example"], "'dns.example' is not"),
         (["--resolver", "192.0.2.1:0", "a.example"], "the port must be 1-65535"),
-        (["--provider", "acme", "a.example"], "unknown provider 'acme' (known: mailprotector)"),
+        (["--provider", "acme", "a.example"], "unknown provider 'acme' (known: barracuda, "),
         (["-c", "/nonexistent/given.toml", "a.example"], "/nonexistent/given.toml"),
     ],
 )

@@ -20,7 +20,7 @@ from mxwatch.config import (
     parse_duration,
 )
 from mxwatch.credentials import credential_refs
-from mxwatch.providers import MAILPROTECTOR
+from mxwatch.providers import BUILTIN_PROVIDERS, MAILPROTECTOR
 from mxwatch.settings import (
     CLOUDS,
     CertificateRef,
@@ -108,7 +108,7 @@ def test_minimal_file_gets_every_default(load: Load) -> None:
     assert config.exchange.login_url == "https://login.microsoftonline.com"
     assert config.exchange.admin_url == "https://outlook.office365.com"
     assert config.exchange.ca_bundle is None
-    assert config.providers == {"mailprotector": MAILPROTECTOR}
+    assert config.providers == BUILTIN_PROVIDERS
     (tenant,) = config.tenants
     assert tenant.provider == MAILPROTECTOR
     assert tenant.client_id == APP_ID
@@ -707,7 +707,7 @@ def test_added_provider(load: Load) -> None:
         + TENANT
         + "provider = 'proofpoint'\n"
     )
-    assert set(config.providers) == {"mailprotector", "proofpoint"}
+    assert set(config.providers) == {*BUILTIN_PROVIDERS, "proofpoint"}
     provider = config.tenants[0].provider
     assert provider.name == "proofpoint"
     assert provider.mx == ("*.ppe-hosted.com",)  # normalised and de-duplicated
@@ -741,7 +741,8 @@ def test_bad_provider_tables(problems: Callable[..., list[str]]) -> None:
 
 def test_unknown_provider(problems: Callable[..., list[str]]) -> None:
     assert problems(EXCHANGE + TENANT + "provider = 'acme'\n") == [
-        "tenant[0].provider: no provider named 'acme' (known: mailprotector)"
+        "tenant[0].provider: no provider named 'acme' (known: barracuda, hornetsecurity, "
+        "mailprotector, mimecast, proofpoint-essentials, sophos, spamtitan, trendmicro)"
     ]
 
 

@@ -86,7 +86,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "two-credentials": ("exchange: set only one of certificate, client_secret_file",),
     "unknown-key-nested": ("policy.confirmation: unknown key (did you mean 'confirmations'?)",),
     "unknown-key-tenant": ("tenant[0].domain: unknown key (did you mean 'domains'?)",),
-    "unknown-provider": ("tenant[0].provider: no provider named 'acme' (known: mailprotector)",),
+    "unknown-provider": ("tenant[0].provider: no provider named 'acme' (known: barracuda, ",),
     "unknown-table": ("logging: unknown key",),
     "urls-with-named-cloud": ('exchange.login_url: only allowed with cloud = "custom"',),
     "wrong-type": ("dns.authoritative: must be true or false",),

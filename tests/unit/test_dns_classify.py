@@ -57,8 +57,10 @@ def verdict_of(records: list[tuple[int, str]], provider: Provider = MAILPROTECTO
         ([(0, "."), (10, FILTER_1)], Verdict.MIXED),
         ([(10, "192.0.2.1")], Verdict.DIRECT),
         ([(10, FILTER_1), (20, "192.0.2.1.")], Verdict.MIXED),
-        # The pattern needs a label in front of the suffix, and the suffix itself must match.
-        ([(10, "inbound.emailservice.io.")], Verdict.DIRECT),
+        # The suffix must match at a label boundary. The bare apex is matched because
+        # Mailprotector's profile names it exactly (a wildcard alone would not).
+        ([(10, "evilinbound.emailservice.io.")], Verdict.DIRECT),
+        ([(10, "inbound.emailservice.io.")], Verdict.FILTERED),
         ([(10, "mx1.inbound.emailservice.io.evil.example.")], Verdict.DIRECT),
     ],
 )
