@@ -447,7 +447,7 @@ class ProviderKeys:
             "MX patterns: `*.suffix` or an exact host",
             form="MX pattern",
             not_empty=True,
-            absent="built in for `mailprotector`",
+            absent="built in for the built-in providers (`mxwatch providers`)",
         ),
     )
     sender_ips: tuple[ipaddress.IPv4Network, ...] | None = field(
