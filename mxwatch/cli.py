@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, check, daemon, health, logs, provision, runner
-from .config import ConfigError, default_config_path, load_config, mail_domain, resolver_spec
+from .config import (
+    ConfigError,
+    default_config_path,
+    load_config,
+    mail_domain,
+    resolver_spec,
+    state_location,
+)
 from .credentials import check_credential, credential_refs, exposed_secret_files
 from .cycle import DEFAULT_LOCK_WAIT, TenantForecast
 from .dns import DnsObserver
@@ -22,8 +29,9 @@ from .model import DomainRecord
 from .policy import Enable
 from .providers import BUILTIN_PROVIDERS, origin
 from .provision_plan import TenantPlan
-from .settings import Config, DnsConfig, PolicyConfig, Provider, ResolverSpec
+from .settings import Config, DnsConfig, PolicyConfig, PostgresUri, Provider, ResolverSpec
 from .store import StoredTenant, StoreError, open_store_readonly
+from .store.copy import copy_state
 
 EXIT_OK, EXIT_TROUBLE, EXIT_USAGE = 0, 1, 2
 
@@ -54,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dry-run", action="store_true", help="observe and decide, but make no writes to Exchange"
     )
+    parser.add_argument(
+        "--observe-only",
+        action="store_true",
+        help=(
+            "with --once: observe and decide without taking the state's lock and without any "
+            "write (Exchange or state), beside a daemon that leads; logs what it would do"
+        ),
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     status = commands.add_parser(
         "status", parents=[common], help="current state of every tenant and domain"
@@ -66,6 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "check-config", parents=[common], help="validate the config and its credential files"
     )
+    state = commands.add_parser("state", help="move the state between SQLite and PostgreSQL")
+    state_commands = state.add_subparsers(dest="state_command", metavar="STATE_COMMAND")
+    copy = state_commands.add_parser(
+        "copy",
+        help="copy the whole state and journal into an empty target",
+        description=(
+            "Copy every tenant, domain, pending intent, the journal and the last cycle's record "
+            "from FROM to TO, each an SQLite file path or a postgresql:// URI (the password in "
+            "libpq's passfile or PGPASSWORD, never in the URI). TO must hold no state yet."
+        ),
+    )
+    copy.add_argument("source", metavar="FROM")
+    copy.add_argument("target", metavar="TO")
     plan = commands.add_parser(
         "plan",
         parents=[common],
@@ -226,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _providers(args)
     if args.command == "check":
         return _check(args)
+    if args.command == "state":
+        return _state(args)
     try:
         config = load_config(args.config or default_config_path(os.environ), environ=os.environ)
     except ConfigError as exc:
@@ -256,6 +287,11 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if args.observe_only and not args.once:
+        print("mxwatch: --observe-only needs --once", file=sys.stderr)
+        return EXIT_USAGE
+    if args.observe_only:
+        return asyncio.run(runner.run_observe(config))
     if args.once:
         dry_run = args.dry_run or config.daemon.dry_run
         return asyncio.run(
@@ -264,6 +300,25 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             )
         )
     return asyncio.run(daemon.run_daemon(config, dry_run_flag=args.dry_run))
+
+
+def _state(args: argparse.Namespace) -> int:
+    """`mxwatch state copy FROM TO`: no config is read; both stores are named."""
+    if args.state_command != "copy":
+        print("mxwatch: state needs a command: mxwatch state copy FROM TO", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        source, target = state_location(args.source), state_location(args.target)
+    except ValueError as exc:
+        print(f"mxwatch: state copy: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        tenants, entries = copy_state(source, target)
+    except StoreError as exc:
+        print(f"mxwatch: {_printable(str(exc))}", file=sys.stderr)
+        return EXIT_TROUBLE
+    print(f"mxwatch: copied {tenants} tenants and {entries} journal entries")
+    return EXIT_OK
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -359,9 +414,11 @@ def _provision(config: Config, names: Sequence[str], *, apply: bool, lock_wait: 
 
 def _health(config: Config) -> int:
     with open_store_readonly(config.daemon.state) as store:
-        last = store.last_cycle()
+        last, leader = store.last_cycle(), store.leader()
     ok, reason = health.check(last, config.daemon.interval, datetime.now(UTC))
     print(f"mxwatch: {'healthy' if ok else 'unhealthy'}: {reason}")
+    if leader is not None:  # replicas on a shared state: say which one acts
+        print(_printable(f"mxwatch: leader: {leader[0]} since {leader[1]}"))
     return EXIT_OK if ok else EXIT_TROUBLE
 
 
@@ -385,6 +442,7 @@ def _check_config(config: Config) -> int:
     ca_bundle = config.exchange.ca_bundle
     if ca_bundle is not None and not ca_bundle.is_file():
         problems.append(f"exchange.ca_bundle: {ca_bundle} is not a file")
+    problems += _state_problems(config)
     if problems:
         return _config_failed(problems)
     for exposed in exposed_secret_files(config):
@@ -394,6 +452,20 @@ def _check_config(config: Config) -> int:
     also = f", {accepted} on their accepted domains" if accepted else ""
     print(f"{config.path}: ok ({len(config.tenants)} tenants, {domains} domains{also})")
     return EXIT_OK
+
+
+def _state_problems(config: Config) -> list[str]:
+    """A PostgreSQL state is connected to: unreachable, a refused login or a schema too new
+    is a config problem. (An SQLite file is created when it is first needed.)"""
+    if not isinstance(config.daemon.state, PostgresUri):
+        return []
+    try:
+        with open_store_readonly(config.daemon.state):
+            pass
+    except StoreError as exc:
+        if exc.kind != "empty":  # a new database: the first cycle creates the schema
+            return [f"daemon.state: {exc}"]
+    return []
 
 
 def _status(config: Config, *, as_json: bool) -> int:

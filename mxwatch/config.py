@@ -403,6 +403,16 @@ def _state(value: object, info: ValidationInfo) -> Path | PostgresUri:
     return _auto_state_path(env)
 
 
+def state_location(text: str) -> Path | PostgresUri:
+    """A state named on the command line (`mxwatch state copy`): an SQLite file path, or a
+    PostgreSQL URI under the same rules as daemon.state. ValueError says what is wrong."""
+    if text.startswith(("postgresql://", "postgres://")):
+        return _postgres_uri(text)
+    if not text.strip():
+        raise ValueError("must be an SQLite file path or a postgresql:// URI")
+    return Path(text)
+
+
 def _postgres_uri(value: str) -> PostgresUri:
     # Not echoed: it is refused precisely when it may hold a password.
     parts = urlsplit(value)

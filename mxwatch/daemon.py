@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -25,13 +26,14 @@ from .config import ConfigError, load_config
 from .cycle import DEFAULT_LOCK_WAIT
 from .dns import DnsObserver
 from .exchange import ExchangeClient
+from .leadership import Lead
 from .logs import get_logger
 from .metrics import Metrics, MetricsServer
 from .notify import WebhookNotifier, safe_target
 from .runner import NOTIFY_FLUSH, Services, cycle_and_record, warn_exposed_secret_files
 from .sdnotify import Notifier as SystemdNotifier
 from .settings import Config
-from .store import StateStore, StoreBusy, open_store
+from .store import LeaderLost, StateStore, StoreBusy, StoreError, open_store
 
 if TYPE_CHECKING:  # imported where used: `--once` and the other commands never schedule
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -87,6 +89,7 @@ class Daemon:
         self._running: asyncio.Task[None] | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._services: Services | None = None
+        self._lead: Lead | None = None
         self._built_for: tuple[Any, Any, Any] = (None, None, None)
 
     @property
@@ -102,6 +105,11 @@ class Daemon:
         with open_store(self.config.daemon.state) as store:
             self._metrics.restore(store.last_cycle())
             self._services = self._build_services(store)
+            self._lead = Lead(
+                store,
+                lambda leading: self._metrics.leader.set(int(leading)),
+                backoff=2 * self.config.daemon.interval.total_seconds(),
+            )
             server = self._serve_metrics()
             try:
                 await self._serve(loop)
@@ -134,6 +142,8 @@ class Daemon:
         warn_exposed_secret_files(self.config)
         self._systemd.ready(f"watching {len(self.config.tenants)} tenants")
         watchdog = asyncio.create_task(self._watchdog(), name="mxwatch-watchdog")
+        assert self._lead is not None
+        lead_watch = asyncio.create_task(self._lead.watch(self._cancel_cycle), name="mxwatch-lead")
         try:
             await self._stop.wait()
         finally:
@@ -141,6 +151,7 @@ class Daemon:
             scheduler.shutdown(wait=False)
             await self._drain()
             watchdog.cancel()
+            lead_watch.cancel()
 
     def _trigger(self) -> IntervalTrigger:
         from apscheduler.triggers.interval import IntervalTrigger
@@ -162,21 +173,34 @@ class Daemon:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(self._running)
 
+    def _cancel_cycle(self) -> None:
+        """The lead was lost: stop the running cycle now (its writes are fenced anyway)."""
+        if self._running is not None and not self._running.done():
+            self._running.cancel()
+
     async def _cycle(self) -> None:
         config = self.config  # a reload during the cycle applies from the next one
-        services = await self._current_services(config)
+        assert self._lead is not None
         # Wait for a --once run on the same state for at most half an interval, so that the
         # next cycle is not pushed back behind it.
         lock_wait = min(DEFAULT_LOCK_WAIT, config.daemon.interval.total_seconds() / 2)
         try:
+            if not await self._lead.may_act("mxwatch"):
+                return  # a standby: no DNS, no Exchange call, no write
+            services = await self._current_services(config)
             await cycle_and_record(
                 config, services, dry_run=self.dry_run, lock_wait=lock_wait, holder="mxwatch"
             )
         except StoreBusy as exc:  # another process's cycle: try again next interval
             log.warning("state_busy", detail=str(exc))
+        except LeaderLost:
+            self._lead.lost()
+        except StoreError as exc:
+            self._metrics.failed()
+            log.error("cycle_failed", kind=exc.kind, error=str(exc))
         except Exception as exc:  # a broken cycle is logged; the daemon keeps trying
             self._metrics.failed()
-            log.error("cycle_failed", error=f"{type(exc).__name__}: {exc}")
+            log.error("cycle_failed", kind="bug", error=f"{type(exc).__name__}: {exc}")
         finally:
             self._log_next_cycle()
 
@@ -249,9 +273,14 @@ class Daemon:
         return server
 
     def _health(self) -> tuple[bool, str]:
-        services = self._services
-        last = services.store.last_cycle() if services is not None else None
-        return health.check(last, self.config.daemon.interval, datetime.now(UTC))
+        services, lead = self._services, self._lead
+        if services is None or lead is None:
+            return False, "starting"
+        interval = self.config.daemon.interval
+        if lead.role == "standby":  # a healthy standby is healthy: it is ready to take over
+            return health.check_standby(lead.last_look, interval, time.monotonic())
+        ok, reason = health.check(services.store.last_cycle(), interval, datetime.now(UTC))
+        return ok, f"{lead.role}: {reason}"
 
     async def _close(self, server: MetricsServer | None) -> None:
         services = self._services

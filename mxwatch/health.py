@@ -23,3 +23,12 @@ def check(last: CycleRun | None, interval: timedelta, now: datetime) -> tuple[bo
         )
     note = "" if last.ok else " (with errors; see the logs)"
     return True, f"the last cycle finished {seconds:.0f}s ago{note}"
+
+
+def check_standby(last_look: float, interval: timedelta, now: float) -> tuple[bool, str]:
+    """A standby replica is healthy while it keeps looking at the lead, ready to take over."""
+    age = now - last_look
+    limit = (interval * STALE_AFTER).total_seconds()
+    if age > limit:
+        return False, f"standby: last looked at the lead {age:.0f}s ago, more than {limit:g}s"
+    return True, f"standby: another mxwatch leads; last looked {age:.0f}s ago"

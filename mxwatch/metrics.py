@@ -96,6 +96,12 @@ class Metrics:
         self.last_cycle = Gauge(
             "mxwatch_last_cycle_timestamp_seconds", "Unix time the last cycle finished", registry=r
         )
+        self.leader = Gauge(
+            "mxwatch_leader",
+            "1 while this process acts on the state; 0 while it stands by (replicas)",
+            registry=r,
+        )
+        self.leader.set(1)  # a single mxwatch acts; replicas say otherwise once they know
         info = Gauge("mxwatch_build_info", "Always 1", ["version"], registry=r)
         info.labels(__version__).set(1)
         self._exchange = _ExchangeCalls()

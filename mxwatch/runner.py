@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from . import policy
 from .credentials import exposed_secret_files
 from .cycle import CycleReport, TenantForecast, plan_cycle, run_cycle
 from .dns import DnsObserver
 from .exchange import ExchangeClient
 from .logs import get_logger
 from .metrics import Metrics
+from .model import TenantState
 from .notify import WebhookNotifier
 from .settings import Config, PostgresUri
 from .store import StateStore, StoredTenant, StoreError, open_store, open_store_readonly
@@ -115,3 +117,24 @@ def _stored(state: Path | PostgresUri) -> dict[str, StoredTenant]:
         if exc.kind == "empty":
             return {}  # no cycle has run yet
         raise
+
+
+async def run_observe(config: Config) -> int:
+    """`mxwatch --once --observe-only`: what a cycle would decide now, logged, with no lock
+    and no write of any kind: it may run beside a daemon that leads. Exit codes as --once."""
+    forecasts = await run_plan(config)
+    for forecast in forecasts:
+        decision, record = forecast.decision, forecast.decision.record
+        for action in decision.actions:
+            event = "would_enable" if isinstance(action, policy.Enable) else "would_disable"
+            log.info(event, tenant=record.name, guid=action.guid)
+        log.info(
+            "observed",
+            tenant=record.name,
+            state=forecast.before.state.value,
+            next_state=record.state.value,
+            waiting_for=decision.waiting_for or None,
+        )
+    troubled = {TenantState.BLOCKED, TenantState.REGRESSED}
+    bad = any(f.errors or f.decision.record.state in troubled for f in forecasts)
+    return 1 if bad else 0

@@ -615,6 +615,14 @@ class ExchangeSandbox:
             and token.expires_at > time.time()
         )
 
+    def client_of(self, authorization: str | None) -> str | None:
+        """The app a bearer token was issued to, if it is one of ours: who made a request."""
+        if not authorization or not authorization.startswith("Bearer "):
+            return None
+        with self._lock:
+            token = self._tokens.get(authorization.removeprefix("Bearer ").strip())
+        return token.client_id if token is not None else None
+
     def invoke(
         self, tenant_id: str, cmdlet_input: Mapping[str, Any], page_size: int | None = None
     ) -> _Answer:
@@ -1008,6 +1016,7 @@ class _Handler(BaseHTTPRequestHandler):
             "had_auth": bool(authorization),
             "prefer": prefer,
             "body": body,
+            "client_id": sandbox.client_of(authorization),
         }
         skiptoken = parse_qs(urlsplit(self.path).query).get("$skiptoken", [None])[0]
         fault = sandbox._take_fault("api", tenant, cmdlet, later_page=skiptoken is not None)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol, Self
 
 from ..model import Intent, Transition
 from ..settings import PostgresUri
-from .rows import CycleRun, StoreBusy, StoredTenant, StoreError
+from .rows import CycleRun, LeaderLost, StoreBusy, StoredTenant, StoreError
 from .sqlite import SCHEMA_VERSION, Store
 
 if TYPE_CHECKING:  # imported when used: see _postgres
@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # imported when used: see _postgres
 __all__ = [
     "SCHEMA_VERSION",
     "CycleRun",
+    "LeaderLost",
     "StateStore",
     "Store",
     "StoreBusy",

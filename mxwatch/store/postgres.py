@@ -39,6 +39,7 @@ from .rows import (
     UPSERT_INTENT,
     UPSERT_TENANT,
     CycleRun,
+    LeaderLost,
     StoreBusy,
     StoredTenant,
     StoreError,
@@ -327,19 +328,19 @@ class PostgresStore:
 
     def _try_lead(self, command: str) -> bool:
         try:
-            if self._lock_conn is None or self._lock_conn.closed:
+            if self._lock_conn is None or self._lock_conn.closed or self._lock_conn.broken:
                 self._lock_conn = _connect(self._uri, f"mxwatch lock pid {os.getpid()}")
             got = self._lock_conn.execute(
                 "SELECT pg_try_advisory_lock(%s) AS locked", (LOCK_KEY,)
             ).fetchone()
-            locked = bool(got and got["locked"])
-        except psycopg.Error as exc:
-            self._drop_lock_connection()
-            raise _classify(self._name, "taking the lead", exc) from exc
-        if locked:
+            if not (got and got["locked"]):
+                return False
             self._epoch = self._next_epoch(command)
-            self._has_led = True
-        return locked
+        except psycopg.Error as exc:
+            self._drop_lock_connection()  # closing it gives a lock taken back, if it was
+            raise _classify(self._name, "taking the lead", exc) from exc
+        self._has_led = True
+        return True
 
     def _next_epoch(self, command: str) -> int:
         holder = f"pid {os.getpid()} on {socket.gethostname()} ({command})"
@@ -387,7 +388,9 @@ class PostgresStore:
         self, finished_at: datetime, *, ok: bool, duration: float | None = None
     ) -> None:
         at = time_to_db(finished_at, "the cycle's finished_at")
-        with self._writing("recording a cycle"):
+        # The health record of a cycle whose own commit was fenced: written after the cycle
+        # gave the lead back (`--once`), so it is not fenced itself.
+        with self._writing("recording a cycle", fenced=False):
             self._conn.execute(_fn(RECORD_CYCLE), (at, int(ok), at if ok else None, duration))
 
     def save_cycle(
@@ -417,13 +420,13 @@ class PostgresStore:
             cur.executemany(_fn(INSERT_JOURNAL), rows)
 
     @contextmanager
-    def _writing(self, action: str) -> Iterator[None]:
+    def _writing(self, action: str, *, fenced: bool = True) -> Iterator[None]:
         """One transaction that commits only while this process still leads (when it took the
         lead at all): the leadership row is locked and its epoch compared first."""
         if self._readonly:
             raise StoreError(f"cannot write {self._name}: this store was opened read-only")
         with self._using(action), self._conn.transaction():
-            if self._has_led:
+            if fenced and self._has_led:
                 self._fence()
             yield
 
@@ -455,8 +458,16 @@ class PostgresStore:
             if self._closed:
                 raise StoreError(f"the state store {self._name} is already closed")
             try:
+                if self._conn.broken or self._conn.closed:
+                    # The server restarted or the network dropped: the failed statement was
+                    # reported once; connect again for this one.
+                    self._conn = _connect(self._uri, "mxwatch")
                 yield
             except psycopg.Error as exc:
+                if isinstance(exc, errors.ReadOnlySqlTransaction):
+                    # A standby server, or a primary that was demoted: a new connection may
+                    # reach the new primary (or the setting that made this one read-only).
+                    self._conn.close()
                 raise _classify(self._name, action, exc) from exc
             except (ValueError, TypeError, KeyError) as exc:
                 raise StoreError(
@@ -519,13 +530,6 @@ class PostgresStore:
             )
 
 
-class LeaderLost(StoreError):
-    """This process no longer leads: it must stop acting at once."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, kind="leader_lost")
-
-
 def _connect(uri: str, application: str) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(
@@ -542,7 +546,11 @@ def _connect(uri: str, application: str) -> psycopg.Connection[Any]:
 def _classify(name: str, action: str, exc: psycopg.Error) -> StoreError:
     """A StoreError saying what happened to which database and who must do what."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, errors.InvalidPassword | errors.InvalidAuthorizationSpecification):
+    # A refused login arrives as a failed connection; libpq's text is the one sign of it.
+    refused = "authentication failed" in str(exc) or "no password supplied" in str(exc)
+    if refused or isinstance(
+        exc, errors.InvalidPassword | errors.InvalidAuthorizationSpecification
+    ):
         return StoreError(
             f"PostgreSQL refused the login to {name} while {action} ({text}): check the "
             "password in the passfile (PGPASSFILE, passfile=) and the role",

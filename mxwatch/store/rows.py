@@ -45,6 +45,13 @@ class StoreError(Exception):
         self.kind = kind
 
 
+class LeaderLost(StoreError):
+    """This process no longer leads a shared state: it must stop acting at once."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="leader_lost")
+
+
 class StoreBusy(StoreError):
     """Another process holds the state for its cycle; the message names it."""
 

@@ -23,8 +23,8 @@ from mxwatch.model import (
     Verdict,
     WriteAction,
 )
-from mxwatch.store import CycleRun, Store, StoreBusy, StoredTenant, StoreError
-from mxwatch.store.postgres import LeaderLost, PostgresStore
+from mxwatch.store import CycleRun, LeaderLost, Store, StoreBusy, StoredTenant, StoreError
+from mxwatch.store.postgres import PostgresStore
 from tests.fixtures.postgres import PostgresServer
 
 T0 = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
