@@ -60,6 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "check-config", parents=[common], help="validate the config and its credential files"
     )
+    demo = commands.add_parser(
+        "demo",
+        help="a whole cutover on this machine: embedded DNS servers, the Exchange sandbox and "
+        "the real daemon (needs the sandbox extra; no config, no network)",
+    )
+    demo.add_argument(
+        "--keep", action="store_true", help="keep the demo's directory (state, config, demo.json)"
+    )
+    demo.add_argument("--verbose", action="store_true", help="every log line, not only the story's")
+    demo.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default=argparse.SUPPRESS,
+        help="default: info",
+    )
     commands.add_parser(
         "health",
         parents=[common],
@@ -107,6 +122,8 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level)
+    if args.command == "demo":  # it writes its own config
+        return _demo(args)
     try:
         config = load_config(args.config or default_config_path(os.environ), environ=os.environ)
     except ConfigError as exc:
@@ -141,6 +158,44 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             )
         )
     return asyncio.run(daemon.run_daemon(config, dry_run_flag=args.dry_run))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from . import demo  # the sandbox it imports is an optional extra
+
+    bold = sys.stdout.isatty()
+
+    def say(line: str) -> None:
+        text = _printable(line)
+        print(f"\x1b[1m{text}\x1b[0m" if bold else text, flush=True)
+
+    try:
+        result = demo.run(keep=args.keep, verbose=args.verbose, log_level=args.log_level, say=say)
+    except demo.DemoUnavailable as exc:
+        print(f"mxwatch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except demo.DemoFailed as exc:
+        print(f"mxwatch: the demo did not go as scripted: {exc}", file=sys.stderr)
+        return EXIT_TROUBLE
+    except KeyboardInterrupt:
+        print("mxwatch: the demo was interrupted", file=sys.stderr)
+        return EXIT_TROUBLE
+    say(f"Done in {result.seconds:.0f}s. How the tenants ended:")
+    for stored in result.tenants:
+        record = stored.record
+        say(f"    {record.name:<10} {record.state.value:<10} {record.reason}")
+    config = result.directory / "mxwatch.toml"
+    mxwatch = demo.command_prefix()
+    if result.kept:
+        say(f"The state is in {result.directory / 'state.db'}; look at it with:")
+    else:
+        say(
+            f"The state was in {result.directory / 'state.db'}, now removed; run "
+            "`mxwatch demo --keep` to keep it and look at it with:"
+        )
+    say(f"    {mxwatch} -c {config} status")
+    say(f"    {mxwatch} -c {config} history")
+    return EXIT_OK
 
 
 def _health(config: Config) -> int:
