@@ -194,7 +194,8 @@ async def _play(
         say(f"    contoso waits for: {tenants['contoso'].record.waiting_for}")
         say(f"    fabrikam is blocked: {tenants['fabrikam'].record.reason}")
 
-        story.step(say, "mixed", f"2. contoso adds the filter as a backup MX (20 {BACKUP_MX})")
+        backup = BACKUP_MX.rstrip(".")
+        story.step(say, "mixed", f"2. contoso adds the filter as a backup MX (20 {backup})")
         for domain in CONTOSO_DOMAINS:
             lab.set_mx(domain, [(0, microsoft_mx(domain)), (20, BACKUP_MX)], ttl=OLD_TTL)
         lab.transfer()
@@ -214,7 +215,8 @@ async def _play(
             lab.set_mx(domain, FILTER_MX, ttl=NEW_TTL)
         tenants = await watch.cycles_after(changed, HELD_CYCLES, CONTOSO)
         if _verdicts(tenants, CONTOSO) != dict.fromkeys(CONTOSO_DOMAINS, Verdict.MIXED):
-            raise DemoFailed(f"the lagging secondary did not hold contoso: {tenants}")
+            verdicts = ", ".join(f"{d} {v}" for d, v in _verdicts(tenants, CONTOSO).items())
+            raise DemoFailed(f"the lagging secondary did not hold contoso: {verdicts}")
         primary, secondary = lab.serials(CONTOSO_DOMAINS[0])
         say(
             f"    held for {HELD_CYCLES} cycles, with no log line: the resolver and ns1 (serial "
