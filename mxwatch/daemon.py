@@ -231,6 +231,13 @@ class Daemon:
             self._systemd.watchdog()
             await asyncio.sleep(interval)
 
+    def stop(self) -> None:
+        """Stop as SIGTERM does: no new cycle, a running one finishes (`mxwatch demo` ends its
+        daemon this way)."""
+        if not self._stop.is_set():
+            log.info("daemon_stopping", reason="stop requested")
+            self._stop.set()
+
     def _request_stop(self, sig: signal.Signals) -> None:
         if not self._stop.is_set():
             log.info("daemon_stopping", signal=sig.name)

@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -67,19 +67,31 @@ class _ScrubbingRenderer:
         return scrub(str(self.inner(logger, method, event)))
 
 
-def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
-    """JSON lines unless the stream is a TTY (or `json` says otherwise)."""
+def configure(
+    level: str = "info",
+    stream: TextIO | None = None,
+    json: bool | None = None,
+    keep: Callable[[Mapping[str, Any]], bool] | None = None,
+) -> None:
+    """JSON lines unless the stream is a TTY (or `json` says otherwise).
+
+    `keep`, when given, sees each event (before its timestamp is added) and drops it by
+    returning False: `mxwatch demo` leaves out routine lines and repeats that way.
+    """
     out = stream or sys.stdout
     use_json = not out.isatty() if json is None else json
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+        # Keys in the order the code gives them (tenant, from, to, reason, then the long
+        # evidence), not sorted: on a terminal the start of a line tells what happened.
+        else structlog.dev.ConsoleRenderer(colors=out.isatty(), sort_keys=False)
     )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            *([_keeping(keep)] if keep is not None else []),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _mask_secret_keys,
             structlog.processors.format_exc_info,
@@ -89,6 +101,17 @@ def configure(level: str = "info", stream: TextIO | None = None, json: bool | No
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+
+
+def _keeping(keep: Callable[[Mapping[str, Any]], bool]) -> Any:
+    def processor(
+        _logger: Any, _method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if not keep(event):
+            raise structlog.DropEvent
+        return event
+
+    return processor
 
 
 def _level_number(level: str) -> int:
