@@ -371,7 +371,13 @@ def _path(value: object, info: ValidationInfo) -> Path:
         raise ValueError("must be a path as a string")
     if not value.strip():
         raise ValueError("must not be empty")
-    env, base = _context(info)
+    _, base = _context(info)
+    return base / _expand(value, info)
+
+
+def _expand(value: str, info: ValidationInfo) -> str:
+    """$NAME and ${NAME} from the environment; an unset one is an error."""
+    env, _ = _context(info)
 
     def expand(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(2)
@@ -379,7 +385,7 @@ def _path(value: object, info: ValidationInfo) -> Path:
             raise ValueError(_unset_variable(name, info.field_name))
         return env[name]
 
-    return base / _ENV_REF_RE.sub(expand, value)
+    return _ENV_REF_RE.sub(expand, value)
 
 
 def _unset_variable(name: str, key: str | None) -> str:
@@ -396,7 +402,8 @@ def _state(value: object, info: ValidationInfo) -> Path | PostgresUri:
     if not isinstance(value, str):
         raise ValueError('must be "auto", a path or a postgresql:// URI, as a string')
     if value.startswith(("postgresql://", "postgres://")):
-        return _postgres_uri(value)
+        # $NAME too, as in paths: passfile=$CREDENTIALS_DIRECTORY/pgpass under systemd.
+        return _postgres_uri(_expand(value, info))
     if value != "auto":
         return _path(value, info)
     env, _ = _context(info)

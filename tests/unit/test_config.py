@@ -32,6 +32,7 @@ from mxwatch.settings import (
     MetricsConfig,
     NotifyConfig,
     PolicyConfig,
+    PostgresUri,
     ResolverSpec,
     SecretEnvRef,
     SecretFileRef,
@@ -860,3 +861,21 @@ def test_metrics_and_notify_errors_name_their_keys_without_the_url(
         "notify.retries",
     }
     assert not any("SECRETPATH" in problem for problem in found)
+
+
+def test_a_postgres_state_expands_variables_and_refuses_a_password(
+    load: Load, problems: Callable[..., list[str]]
+) -> None:
+    uri = "postgresql://mxwatch@db.example/mxwatch?passfile=$CREDENTIALS_DIRECTORY/pgpass"
+    daemon = f'[daemon]\nstate = "{uri}"\n'
+    loaded = load(daemon + EXCHANGE + TENANT, {**ENV, "CREDENTIALS_DIRECTORY": "/run/c"})
+    assert loaded.daemon.state == PostgresUri(
+        "postgresql://mxwatch@db.example/mxwatch?passfile=/run/c/pgpass"
+    )
+    with_password = '[daemon]\nstate = "postgresql://mxwatch:s3cr3t-pw@db/mxwatch"\n'
+    (problem,) = problems(with_password + EXCHANGE + TENANT)
+    assert problem.startswith("daemon.state: a PostgreSQL URI must not hold a password")
+    assert "s3cr3t" not in problem
+    no_database = '[daemon]\nstate = "postgresql://mxwatch@db"\n'
+    (problem,) = problems(no_database + EXCHANGE + TENANT)
+    assert problem.startswith("daemon.state: a PostgreSQL URI must name its database")
