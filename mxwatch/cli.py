@@ -278,7 +278,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args)
     if args.command == "state":
         return _state(args)
-    logs.configure(args.log_level)
     if args.command == "demo":  # it writes its own config
         return _demo(args)
     try:
