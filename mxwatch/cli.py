@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, check, daemon, health, logs, provision, runner
+from . import __version__, check, daemon, health, logs, provision, runner, web
 from .config import (
     ConfigError,
     default_config_path,
@@ -32,6 +32,7 @@ from .provision_plan import TenantPlan
 from .settings import Config, DnsConfig, PolicyConfig, PostgresUri, Provider, ResolverSpec
 from .store import StoredTenant, StoreError, open_store_readonly
 from .store.copy import copy_state
+from .webconfig import exposure, web_config_of
 
 EXIT_OK, EXIT_TROUBLE, EXIT_USAGE = 0, 1, 2
 
@@ -75,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         "status", parents=[common], help="current state of every tenant and domain"
     )
     status.add_argument("--json", action="store_true", help="one JSON object")
+    status.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="write the status page to FILE instead (for a timer running --once)",
+    )
     history = commands.add_parser("history", parents=[common], help="the transition journal")
     history.add_argument("tenant", nargs="?", help="only this tenant")
     history.add_argument("--json", action="store_true", help="JSON lines")
@@ -286,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _config_failed(exc.problems)
     try:
         return _dispatch(args, config)
+    except ConfigError as exc:  # metrics.web_config, read when the daemon starts
+        return _config_failed(exc.problems)
     except StoreError as exc:
         print(f"mxwatch: {exc}", file=sys.stderr)
         return EXIT_TROUBLE
@@ -296,6 +305,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return _check_config(config)
     if args.command == "plan":
         return _plan(config, args.tenants, as_json=args.json)
+    if args.command == "status" and args.html is not None:
+        return _status_html(config, args.html)
     if args.command == "status":
         return _status(config, as_json=args.json)
     if args.command == "history":
@@ -504,10 +515,15 @@ def _check_config(config: Config) -> int:
     if ca_bundle is not None and not ca_bundle.is_file():
         problems.append(f"exchange.ca_bundle: {ca_bundle} is not a file")
     problems += _state_problems(config)
+    try:
+        exposed_page = exposure(config.metrics, web_config_of(config.metrics))
+    except ConfigError as exc:
+        problems += exc.problems
     if problems:
         return _config_failed(problems)
-    for exposed in exposed_secret_files(config):
-        print(f"mxwatch: warning: {_printable(exposed.message())}", file=sys.stderr)
+    warnings = [exposed.message() for exposed in exposed_secret_files(config)]
+    for warning in [*warnings, exposed_page] if exposed_page else warnings:
+        print(f"mxwatch: warning: {_printable(warning)}", file=sys.stderr)
     domains = sum(len(t.domains) for t in config.tenants)
     accepted = sum(not t.domains for t in config.tenants)
     also = f", {accepted} on their accepted domains" if accepted else ""
@@ -546,6 +562,21 @@ def _status(config: Config, *, as_json: bool) -> int:
             _print_line(f"    waiting for: {tenant['waiting_for']}")
         for domain in tenant["domains"]:
             _print_domain(domain)
+    return EXIT_OK
+
+
+def _status_html(config: Config, target: Path) -> int:
+    """The daemon's status page, once, written whole (temporary file, then rename): a web
+    server or a browser never reads half of it."""
+    with open_store_readonly(config.daemon.state) as store:
+        page = web.index_page(store.load_all(), store.last_cycle(), datetime.now(UTC), live=False)
+    partial = target.with_name(f".{target.name}.tmp")
+    try:
+        partial.write_text(page, encoding="utf-8")
+        partial.replace(target)
+    except OSError as exc:
+        print(f"mxwatch: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_TROUBLE
     return EXIT_OK
 
 

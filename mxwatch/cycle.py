@@ -79,6 +79,7 @@ class CycleReport:
     # For notifications and metrics (daemon.py): what changed, and every source's answer.
     journal: tuple[Transition, ...] = ()
     dns_answers: dict[str, int] = field(default_factory=dict)  # per-source verdict -> count
+    tenants: tuple[StoredTenant, ...] = ()  # as recorded: the per-tenant metrics
 
     @property
     def transitions(self) -> int:
@@ -135,6 +136,7 @@ async def run_cycle(
         duration=time.monotonic() - started,
         journal=tuple(transitions),
         dns_answers=dict(Counter(s.verdict.value for o in observed.values() for s in o.sources)),
+        tenants=tuple(r.stored for r in results),
     )
     log.info(
         "cycle_finished",

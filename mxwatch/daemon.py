@@ -26,14 +26,16 @@ from .config import ConfigError, load_config
 from .cycle import DEFAULT_LOCK_WAIT
 from .dns import DnsObserver
 from .exchange import ExchangeClient
+from .httpd import StatusServer
 from .leadership import Lead
 from .logs import get_logger
-from .metrics import Metrics, MetricsServer
+from .metrics import Metrics
 from .notify import WebhookNotifier, safe_target
 from .runner import NOTIFY_FLUSH, Services, cycle_and_record, warn_exposed_secret_files
 from .sdnotify import Notifier as SystemdNotifier
 from .settings import Config
 from .store import LeaderLost, StateStore, StoreBusy, StoreError, open_store
+from .webconfig import WebConfig, exposure, web_config_of
 
 if TYPE_CHECKING:  # imported where used: `--once` and the other commands never schedule
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -85,6 +87,7 @@ class Daemon:
         self._environ = os.environ if environ is None else environ
         self._systemd = SystemdNotifier(self._environ)
         self._metrics = Metrics()
+        self._metrics.set_interval(config.daemon.interval)
         self._stop = asyncio.Event()
         self._running: asyncio.Task[None] | None = None
         self._scheduler: AsyncIOScheduler | None = None
@@ -97,6 +100,7 @@ class Daemon:
         return self._dry_run_flag or self.config.daemon.dry_run
 
     async def run(self) -> int:
+        web_config = web_config_of(self.config.metrics)  # a bad one is exit 2, before anything
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig)
@@ -110,7 +114,7 @@ class Daemon:
                 lambda leading: self._metrics.leader.set(int(leading)),
                 backoff=2 * self.config.daemon.interval.total_seconds(),
             )
-            server = self._serve_metrics()
+            server = self._serve_metrics(web_config)
             try:
                 await self._serve(loop)
             finally:
@@ -271,12 +275,26 @@ class Daemon:
         self._built_for = (config.dns, config.exchange, config.notify)
         return services
 
-    def _serve_metrics(self) -> MetricsServer | None:
+    def _serve_metrics(self, web_config: WebConfig) -> StatusServer | None:
         listen = self.config.metrics.listen
-        if listen is None:
+        if listen is None or self._services is None:
             return None
-        server = self._metrics.serve(*listen, health=self._health)
-        log.info("metrics_listening", address=f"{listen[0]}:{server.port}")
+        server = StatusServer(
+            listen,
+            registry=self._metrics.registry,
+            health=self._health,
+            store=self._services.store,  # the page reads the daemon's own store, per request
+            web_config=web_config,
+        )
+        log.info(
+            "metrics_listening",
+            address=f"{listen[0]}:{server.port}",
+            tls=web_config.tls is not None,
+            basic_auth=bool(web_config.users),
+        )
+        warning = exposure(self.config.metrics, web_config)
+        if warning is not None:
+            log.warning("metrics_exposed", detail=warning)
         return server
 
     def _health(self) -> tuple[bool, str]:
@@ -289,7 +307,7 @@ class Daemon:
         ok, reason = health.check(services.store.last_cycle(), interval, datetime.now(UTC))
         return ok, f"{lead.role}: {reason}"
 
-    async def _close(self, server: MetricsServer | None) -> None:
+    async def _close(self, server: StatusServer | None) -> None:
         services = self._services
         if services is not None:
             if services.notifier is not None:
@@ -315,6 +333,7 @@ class Daemon:
         new, kept = self._keep_restart_only(new)
         old_trigger = (self.config.daemon.interval, self.config.daemon.jitter)
         self.config = new
+        self._metrics.set_interval(new.daemon.interval)
         if kept:
             log.warning("config_reload_needs_restart", keys=kept, detail="kept the running values")
         if (new.daemon.interval, new.daemon.jitter) != old_trigger and self._scheduler is not None:
@@ -323,13 +342,18 @@ class Daemon:
         self._log_next_cycle()
 
     def _keep_restart_only(self, new: Config) -> tuple[Config, list[str]]:
-        """The state file and the metrics socket are opened once; changing them needs a restart."""
+        """The state file, the HTTP socket and its web config are read once; changing them needs
+        a restart."""
         kept = []
         if new.daemon.state != self.config.daemon.state:
             kept.append("daemon.state")
             new = replace(new, daemon=replace(new.daemon, state=self.config.daemon.state))
         if new.metrics != self.config.metrics:
-            kept.append("metrics.listen")
+            kept += [
+                f"metrics.{key}"
+                for key in ("listen", "web_config")
+                if getattr(new.metrics, key) != getattr(self.config.metrics, key)
+            ]
             new = replace(new, metrics=self.config.metrics)
         return new, kept
 

@@ -1,38 +1,37 @@
-"""Prometheus metrics: served on `[metrics] listen` by the daemon, or written by `--once`.
+"""Prometheus metrics: served on `[metrics] listen` by the daemon (httpd.py), or written by
+`--once`.
 
 Values are updated from the event loop once per cycle (from the CycleReport and a copy of the
 Exchange client's counters), so the HTTP thread only ever reads a consistent snapshot.
+
+Per-tenant series carry a `tenant` label and never a domain label: an MSP has hundreds of
+tenants but tens of thousands of domains, which would be as many series.
 """
 
 from __future__ import annotations
 
-import threading
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    make_wsgi_app,
     write_to_textfile,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import __version__
 from .cycle import CycleReport
 from .exchange import ExchangeStats
 from .model import TenantState, Verdict
-from .store import CycleRun
-
-HealthCheck = Callable[[], tuple[bool, str]]
+from .store import CycleRun, StoredTenant
 
 # Cycles take well under a second for a few domains and up to minutes for hundreds of tenants
 # with throttled Exchange calls.
@@ -60,6 +59,70 @@ class _ExchangeCalls(Collector):
             "Tokens fetched from the identity platform (token cache misses)",
             value=self.tokens,
         )
+
+
+@dataclass(frozen=True)
+class _TenantSample:
+    name: str
+    state: TenantState
+    connector_enabled: bool | None  # None: not read yet
+    eligible_at: datetime | None
+    verdicts: Tally[Verdict]
+
+
+def _tenant_sample(stored: StoredTenant) -> _TenantSample:
+    record = stored.record
+    # A domain not observed yet has no verdict and is left out, as in mxwatch_domains.
+    verdicts = Tally(d.verdict for d in stored.domains if d.verdict is not None)
+    return _TenantSample(
+        record.name, record.state, record.connector_enabled, record.eligible_at, verdicts
+    )
+
+
+class _TenantSeries(Collector):
+    """The per-tenant gauges, from the last cycle's tenants. The snapshot is replaced whole,
+    so a tenant removed from the config loses its series at the next cycle."""
+
+    def __init__(self) -> None:
+        self.snapshot: tuple[_TenantSample, ...] = ()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state, connector, eligible, domains = _tenant_families()
+        for sample in self.snapshot:  # read once: a cycle may replace it meanwhile
+            for value in TenantState:
+                state.add_metric([sample.name, value.value], float(sample.state is value))
+            if sample.connector_enabled is not None:
+                connector.add_metric([sample.name], float(sample.connector_enabled))
+            if sample.eligible_at is not None:
+                eligible.add_metric([sample.name], sample.eligible_at.timestamp())
+            for verdict in Verdict:
+                domains.add_metric([sample.name, verdict.value], sample.verdicts[verdict])
+        yield from (state, connector, eligible, domains)
+
+
+def _tenant_families() -> tuple[GaugeMetricFamily, ...]:
+    return (
+        GaugeMetricFamily(
+            "mxwatch_tenant_state",
+            "1 for the tenant's current state, 0 for the others",
+            labels=["tenant", "state"],
+        ),
+        GaugeMetricFamily(
+            "mxwatch_connector_enabled",
+            "1 when the tenant's connector was last read enabled, 0 disabled (absent: not read)",
+            labels=["tenant"],
+        ),
+        GaugeMetricFamily(
+            "mxwatch_tenant_eligible_timestamp_seconds",
+            "Unix time a settling tenant's connector may be enabled (absent when not settling)",
+            labels=["tenant"],
+        ),
+        GaugeMetricFamily(
+            "mxwatch_tenant_domains",
+            "The tenant's covered domains by their last combined verdict",
+            labels=["tenant", "verdict"],
+        ),
+    )
 
 
 class Metrics:
@@ -102,10 +165,17 @@ class Metrics:
             registry=r,
         )
         self.leader.set(1)  # a single mxwatch acts; replicas say otherwise once they know
+        self.interval = Gauge(
+            "mxwatch_cycle_interval_seconds",
+            "daemon.interval: a cycle is due this often (alerts on staleness compare with it)",
+            registry=r,
+        )
         info = Gauge("mxwatch_build_info", "Always 1", ["version"], registry=r)
         info.labels(__version__).set(1)
         self._exchange = _ExchangeCalls()
         r.register(self._exchange)
+        self._tenants = _TenantSeries()
+        r.register(self._tenants)
         self._exchange_base: Tally[tuple[str, str]] = Tally()
         self._tokens_base = 0
         # Zero for every known label, so a dashboard sees "0 blocked" rather than no series.
@@ -124,8 +194,13 @@ class Metrics:
         if last.last_ok_at is not None:
             self.last_success.set(last.last_ok_at.timestamp())
 
+    def set_interval(self, interval: timedelta) -> None:
+        """At start and on reload: staleness is judged against the interval in force."""
+        self.interval.set(interval.total_seconds())
+
     def observe(self, report: CycleReport, finished: datetime, stats: ExchangeStats) -> None:
         self.cycles.labels("errors" if report.errors else "ok").inc()
+        self._tenants.snapshot = tuple(_tenant_sample(t) for t in report.tenants)
         self.duration.observe(report.duration)
         _set_counts(self.domains, Tally(v.value for v in report.verdicts.values()), Verdict)
         _set_counts(self.tenants, Tally(s.value for s in report.states.values()), TenantState)
@@ -153,51 +228,7 @@ class Metrics:
         """node-exporter textfile format; written to a temporary file, then renamed."""
         write_to_textfile(str(path), self.registry)
 
-    def serve(self, host: str, port: int, health: HealthCheck) -> MetricsServer:
-        return MetricsServer(host, port, self.registry, health)
-
 
 def _set_counts(gauge: Gauge, counts: Tally[str], labels: Iterable[Any]) -> None:
     for label in labels:
         gauge.labels(label.value).set(counts.get(label.value, 0))
-
-
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # a stuck scrape must not keep the process alive at exit
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Scrapes are not news; stderr stays free for real problems."""
-
-
-class MetricsServer:
-    """/metrics (Prometheus text) and /healthz (200 or 503 with the reason) on a thread."""
-
-    def __init__(
-        self, host: str, port: int, registry: CollectorRegistry, health: HealthCheck
-    ) -> None:
-        metrics_app = make_wsgi_app(registry)
-
-        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            if environ.get("PATH_INFO") == "/healthz":
-                ok, reason = health()
-                status = "200 OK" if ok else "503 Service Unavailable"
-                start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
-                return [f"{'ok' if ok else 'unhealthy'}: {reason}\n".encode()]
-            result: Iterable[bytes] = metrics_app(environ, start_response)
-            return result
-
-        self._server = make_server(
-            host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler
-        )
-        self.port = self._server.server_port
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="mxwatch-metrics", daemon=True
-        )
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)

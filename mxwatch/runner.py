@@ -73,6 +73,7 @@ async def run_once(
     """`mxwatch --once`: one cycle, flush notifications briefly, write the metrics file."""
     warn_exposed_secret_files(config)
     metrics = Metrics()
+    metrics.set_interval(config.daemon.interval)
     with open_store(config.daemon.state) as store:
         metrics.restore(store.last_cycle())
         notifier = WebhookNotifier(config.notify) if config.notify.webhook else None

@@ -310,10 +310,22 @@ class MetricsConfig:
     listen: tuple[str, int] | None = field(  # (host, port)
         default=None,
         metadata=key(
-            '`"IP:PORT"` (e.g. `"127.0.0.1:9464"`) where the daemon serves Prometheus '
-            "`/metrics` and `/healthz`; a change needs a restart",
+            '`"IP:PORT"` (e.g. `"127.0.0.1:9464"`) where the daemon serves the status page '
+            "`/`, Prometheus `/metrics` and `/healthz`; a change needs a restart. The page "
+            "lists every tenant and domain: bind it to loopback, or set `web_config`",
             form="listen address",
             absent="off",
+        ),
+    )
+    web_config: Path | None = field(
+        default=None,
+        metadata=key(
+            "a TOML file with the keys of Prometheus's exporter web config: "
+            "`[tls_server_config]` `cert_file` and `key_file` (HTTPS), and "
+            "`[basic_auth_users]` with a bcrypt hash per user, for `/`, `/metrics` and "
+            "`/healthz` alike (README: Monitoring a fleet); a relative path in it is "
+            "relative to the file. Read at start: a change needs a restart",
+            absent="plain HTTP, no password",
         ),
     )
 

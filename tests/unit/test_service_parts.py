@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
@@ -15,10 +17,10 @@ from mxwatch import health
 from mxwatch.cycle import CycleReport
 from mxwatch.exchange import ExchangeStats
 from mxwatch.metrics import Metrics
-from mxwatch.model import TenantState, Transition, Verdict
+from mxwatch.model import DomainRecord, TenantRecord, TenantState, Transition, Verdict
 from mxwatch.notify import is_notable, payload, safe_target
 from mxwatch.sdnotify import Notifier
-from mxwatch.store import CycleRun
+from mxwatch.store import CycleRun, StoredTenant
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -80,6 +82,52 @@ def test_retired_exchange_client_counts_are_kept() -> None:
     assert found[key] == 3
     last_ok = (NOW - timedelta(hours=1)).timestamp()
     assert found[("mxwatch_last_success_timestamp_seconds", ())] == last_ok
+
+
+def stored(name: str, state: TenantState, *verdicts: Verdict | None, **record: Any) -> StoredTenant:
+    domains = tuple(DomainRecord(f"d{i}.{name}.com", v) for i, v in enumerate(verdicts))
+    return StoredTenant("t", "c", TenantRecord(name, state, **record), domains)
+
+
+def test_per_tenant_series_follow_the_last_cycle() -> None:
+    metrics = Metrics()
+    metrics.set_interval(timedelta(minutes=5))
+    eligible = NOW + timedelta(minutes=30)
+    tenants = (
+        stored("a", TenantState.SETTLING, Verdict.FILTERED, None, eligible_at=eligible),
+        stored(
+            "b",
+            TenantState.REGRESSED,
+            Verdict.FILTERED,
+            Verdict.DIRECT,
+            Verdict.DIRECT,
+            connector_enabled=True,
+        ),
+        stored("c", TenantState.WAITING, connector_enabled=False),
+    )
+    metrics.observe(replace(report(), tenants=tenants), NOW, ExchangeStats())
+    found = samples(generate_latest(metrics.registry).decode())
+    state = {k[1]: v for k, v in found.items() if k[0] == "mxwatch_tenant_state"}
+    assert state[(("state", "regressed"), ("tenant", "b"))] == 1
+    assert sum(state.values()) == 3 and len(state) == 3 * len(TenantState)
+    assert found[("mxwatch_tenant_eligible_timestamp_seconds", (("tenant", "a"),))] == (
+        eligible.timestamp()
+    )
+    assert not [
+        k
+        for k in found
+        if k[0].startswith("mxwatch_tenant_eligible") and k[1] != (("tenant", "a"),)
+    ]
+    connector = {k[1]: v for k, v in found.items() if k[0] == "mxwatch_connector_enabled"}
+    assert connector == {(("tenant", "b"),): 1, (("tenant", "c"),): 0}, "a: never read"
+    assert found[("mxwatch_tenant_domains", (("tenant", "b"), ("verdict", "direct")))] == 2
+    assert found[("mxwatch_tenant_domains", (("tenant", "a"), ("verdict", "filtered")))] == 1
+    assert found[("mxwatch_tenant_domains", (("tenant", "a"), ("verdict", "unknown")))] == 0
+    assert found[("mxwatch_cycle_interval_seconds", ())] == 300
+    # A tenant gone from the config is gone from the next cycle's series.
+    metrics.observe(replace(report(), tenants=tenants[:1]), NOW, ExchangeStats())
+    after = samples(generate_latest(metrics.registry).decode())
+    assert {dict(k[1])["tenant"] for k in after if k[0] == "mxwatch_tenant_state"} == {"a"}
 
 
 @pytest.mark.parametrize(
