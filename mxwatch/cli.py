@@ -690,7 +690,7 @@ def _print_plan(entry: dict[str, Any]) -> None:
     audit = entry["audit"]
     if audit is not None:
         found = [*audit["failures"], *(f"warning: {w}" for w in audit["warnings"])]
-        _print_line(f"    audit: {'passed' if audit['passed'] else 'failed'}; " + "; ".join(found))
+        _print_line("; ".join([f"    audit: {'passed' if audit['passed'] else 'failed'}", *found]))
     for domain in entry["domains"]:
         _print_domain(domain)
 
