@@ -24,14 +24,19 @@ from typing import TYPE_CHECKING, Any
 from . import __version__, health
 from .config import ConfigError, load_config
 from .cycle import DEFAULT_LOCK_WAIT
-from .dns import DnsObserver
 from .exchange import ExchangeClient
 from .httpd import StatusServer
 from .leadership import Lead
 from .logs import get_logger
 from .metrics import Metrics
 from .notify import WebhookNotifier, safe_target
-from .runner import NOTIFY_FLUSH, Services, cycle_and_record, warn_exposed_secret_files
+from .runner import (
+    NOTIFY_FLUSH,
+    Services,
+    cycle_and_record,
+    remembering_observer,
+    warn_exposed_secret_files,
+)
 from .sdnotify import Notifier as SystemdNotifier
 from .settings import Config
 from .store import LeaderLost, StateStore, StoreBusy, StoreError, open_store
@@ -253,9 +258,8 @@ class Daemon:
         config = self.config
         self._built_for = (config.dns, config.exchange, config.notify)
         notifier = WebhookNotifier(config.notify) if config.notify.webhook else None
-        return Services(
-            store, DnsObserver(config.dns), ExchangeClient(config.exchange), self._metrics, notifier
-        )
+        dns = remembering_observer(config, store)
+        return Services(store, dns, ExchangeClient(config.exchange), self._metrics, notifier)
 
     async def _current_services(self, config: Config) -> Services:
         """The long-lived clients, rebuilt only for the parts a reload changed."""
@@ -263,7 +267,7 @@ class Daemon:
         assert services is not None  # set before the scheduler starts
         dns, exchange, notify = self._built_for
         if config.dns != dns:
-            services.dns = DnsObserver(config.dns)
+            services.dns = remembering_observer(config, services.store)
         if config.exchange != exchange:
             self._metrics.retire_exchange(services.exchange.stats)
             await services.exchange.aclose()

@@ -9,8 +9,12 @@ Sources:
   source too (`auth:ns1.example.com@192.0.2.53`), asked with RD off and trusted only with AA.
   A secondary that lags behind its primary still serves the old MX, and senders that happen
   to ask it still deliver directly, so it must hold the cutover back. The zone, its NS set and
-  the servers' addresses are found through the resolvers and cached for their TTLs. Only
-  these observations are `authoritative`: a resolver's TTL is what is left in its cache.
+  the servers' addresses are found through the resolvers and cached for their TTLs (at most a
+  day). Only these observations are `authoritative`: a resolver's TTL is what is left in its
+  cache.
+- The caller keeps the cached lookups in the store between runs (`learned`, then `recall` in
+  the next process), so that a steady cycle asks each source one MX query per domain and
+  nothing else, in the daemon and in `--once` on a timer alike.
 
 Bounds, so that one hostile zone cannot stall the others:
 
@@ -30,7 +34,8 @@ Odd data, decided here:
   else the server put in its answer is ignored and the target's own authoritative servers are
   asked, as sources of this domain.
 - An MX exchange that is itself a CNAME (forbidden by RFC 2181 §10.3) is classified by the name
-  as written, as senders' MTAs mostly do, and the reason says so.
+  as written, as senders' MTAs mostly do, and the reason says so. Being only a note, it is
+  looked up when a host first appears in an MX set, and again after a day.
 - IP-literal exchanges never match a provider; names are compared lower case without the dot.
 """
 
@@ -40,7 +45,7 @@ import asyncio
 import dataclasses
 import ipaddress
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -64,7 +69,7 @@ from dns.rdtypes.ANY.NS import NS
 from dns.rdtypes.ANY.SOA import SOA
 from dns.rdtypes.IN.A import A
 
-from .model import DomainObservation, Observation
+from .model import DomainObservation, LookupKind, Observation, RememberedLookup
 from .names import BadName, normalise_name
 from .settings import DnsConfig, Provider, ResolverSpec
 from .verdicts import (
@@ -221,6 +226,9 @@ BUDGET_TIMEOUTS = 3
 # Delegation data is looked up again after a day even when its TTL is longer, so a zone moved
 # to new name servers is noticed within a day.
 MAX_CACHE_SECONDS = 86400
+# Whether an MX exchange is a CNAME changes no verdict (see `_with_alias_notes`): a host is
+# checked when it first appears in an MX set, and again after a day.
+ALIAS_RECHECK_SECONDS = MAX_CACHE_SECONDS
 # The DNS Flag Day 2020 size: large enough for most MX sets, small enough not to fragment;
 # a larger answer comes back truncated and is asked again over TCP.
 _EDNS_PAYLOAD = 1232
@@ -354,6 +362,17 @@ class _TtlCache(Generic[K, V]):
     def __init__(self) -> None:
         self._entries: dict[K, tuple[V, datetime]] = {}
         self._loading: dict[K, _Load[V]] = {}
+        self._new: set[K] = set()  # loaded since the last `take_new`
+
+    def put(self, key: K, value: V, expires_at: datetime) -> None:
+        """Keep a value found earlier (by another process) until `expires_at`."""
+        self._entries[key] = (value, expires_at)
+
+    def take_new(self) -> list[tuple[K, V, datetime]]:
+        """The entries loaded since the last call, forgotten as new."""
+        new = [(key, *self._entries[key]) for key in self._new if key in self._entries]
+        self._new.clear()
+        return new
 
     def cached(self, key: K, now: datetime) -> tuple[bool, V | None]:
         """(True, value) when a fresh value is at hand, without awaiting anything."""
@@ -383,6 +402,7 @@ class _TtlCache(Generic[K, V]):
         value, ttl = await load()
         seconds = min(max(ttl, 0), MAX_CACHE_SECONDS)
         self._entries[key] = (value, now + timedelta(seconds=seconds))
+        self._new.add(key)
         return value
 
     def _leave(self, key: K, loading: _Load[V]) -> None:
@@ -501,6 +521,22 @@ def _with_alias_notes(observation: Observation, aliases: Mapping[str, str]) -> O
     return dataclasses.replace(observation, reason="; ".join([observation.reason, *notes]))
 
 
+def _well_formed(lookup: RememberedLookup) -> bool:
+    """Whether a kept lookup has the shape this module gives it; another is looked up again."""
+    if lookup.kind is LookupKind.ZONE and len(lookup.found) != 1:
+        return False
+    addresses = lookup.found if lookup.kind is LookupKind.ADDRESSES else ()
+    names = [lookup.name] if addresses else [lookup.name, *lookup.found]
+    try:
+        for name in names:
+            dns.name.from_text(name)
+        for address in addresses:
+            ipaddress.IPv4Address(address)
+    except (ValueError, dns.exception.DNSException):
+        return False
+    return True
+
+
 # --- the observer --------------------------------------------------------------------------
 
 
@@ -534,10 +570,10 @@ class DnsObserver:
         self._in_flight = 0
         self._peak_in_flight = 0
         self._queries: Counter[str] = Counter()
-        self._zones: _TtlCache[dns.name.Name, dns.name.Name] = _TtlCache()
-        self._nameservers: _TtlCache[dns.name.Name, tuple[str, ...]] = _TtlCache()
-        self._addresses: _TtlCache[str, tuple[str, ...]] = _TtlCache()
-        self._aliases: _TtlCache[str, str | None] = _TtlCache()
+        # Every lookup kept for its TTL, by what it found: names in, names or addresses out.
+        self._kept: dict[LookupKind, _TtlCache[str, tuple[str, ...]]] = {
+            kind: _TtlCache() for kind in LookupKind
+        }
 
     @property
     def in_flight(self) -> int:
@@ -560,6 +596,22 @@ class DnsObserver:
         server) and "auth_tcp" (of those, answered over TCP after a truncated UDP answer).
         """
         return dict(self._queries)
+
+    def recall(self, lookups: Iterable[RememberedLookup], now: datetime) -> None:
+        """Take up lookups an earlier run kept (from the store). One that claims to last longer
+        than this observer would keep it (a clock set back, a hand-edited store) is left out."""
+        latest = now + timedelta(seconds=MAX_CACHE_SECONDS)
+        for lookup in lookups:
+            if now < lookup.expires_at <= latest and _well_formed(lookup):
+                self._kept[lookup.kind].put(lookup.name, lookup.found, lookup.expires_at)
+
+    def learned(self) -> list[RememberedLookup]:
+        """The lookups made since the last call, for the store to keep for the next run."""
+        return [
+            RememberedLookup(kind, name, found, expires_at)
+            for kind, cache in self._kept.items()
+            for name, found, expires_at in cache.take_new()
+        ]
 
     async def observe(self, domain: str, provider: Provider, now: datetime) -> DomainObservation:
         """Ask every source about one domain and combine the answers, within the budget."""
@@ -744,8 +796,10 @@ class DnsObserver:
     # --- finding the authoritative servers (through the resolvers, cached) -----------------
 
     async def _servers_of(self, name: dns.name.Name, now: datetime) -> ZoneServers:
-        zone = await self._zones.get(name, now, lambda: self._find_zone(name))
-        hosts = await self._nameservers.get(zone, now, lambda: self._find_nameservers(zone))
+        zones, servers = self._kept[LookupKind.ZONE], self._kept[LookupKind.NAMESERVERS]
+        (zone_text,) = await zones.get(name.to_text(), now, lambda: self._find_zone(name))
+        zone = dns.name.from_text(zone_text)
+        hosts = await servers.get(zone_text, now, lambda: self._find_nameservers(zone))
         looked_up = hosts[:MAX_NS_HOSTS]
         found = await asyncio.gather(*(self._host_addresses(host, now) for host in looked_up))
         return zone_servers(zone, hosts, dict(zip(looked_up, found, strict=True)))
@@ -753,18 +807,20 @@ class DnsObserver:
     async def _host_addresses(self, host: str, now: datetime) -> tuple[str, ...] | str:
         """The host's addresses, or why it has none."""
         try:
-            found = await self._addresses.get(host, now, lambda: self._find_addresses(host))
+            addresses = self._kept[LookupKind.ADDRESSES]
+            found = await addresses.get(host, now, lambda: self._find_addresses(host))
         except DelegationError as exc:
             return str(exc)
         return found or "it has no IPv4 address"
 
-    async def _find_zone(self, name: dns.name.Name) -> tuple[dns.name.Name, int]:
+    async def _find_zone(self, name: dns.name.Name) -> tuple[tuple[str], int]:
         """Walk up from `name` until an SOA answer shows which zone holds it."""
         candidate = name
         while True:
             found = await self._zone_apex(candidate)
             if found is not None:
-                return found
+                zone, ttl = found
+                return (zone.to_text(),), ttl
             if candidate == dns.name.root:
                 raise DelegationError(f"no SOA found for {_text(name)} or any parent")
             candidate = candidate.parent()
@@ -831,33 +887,35 @@ class DnsObserver:
         self, observations: Sequence[Observation], now: datetime
     ) -> list[Observation]:
         hosts = {r.exchange for o in observations for r in o.mx if _is_host_name(r.exchange)}
-        aliases: dict[str, str | None] = {}
-        for host in hosts:  # a cycle over thousands of domains mostly hits the cache
-            hit, target = self._aliases.cached(host, now)
-            if hit:
-                aliases[host] = target
+        aliases: dict[str, tuple[str, ...]] = {}
+        remembered = self._kept[LookupKind.ALIAS]
+        for host in hosts:  # a steady cycle finds every host here, with no task and no query
+            hit, targets = remembered.cached(host, now)
+            if hit and targets is not None:
+                aliases[host] = targets
         missing = sorted(hosts - aliases.keys())
-        targets = await asyncio.gather(*(self._alias_of(host, now) for host in missing))
-        aliases.update(zip(missing, targets, strict=True))
-        found = {host: target for host, target in aliases.items() if target}
-        return [_with_alias_notes(observation, found) for observation in observations]
+        found = await asyncio.gather(*(self._alias_of(host, now) for host in missing))
+        aliases.update(zip(missing, found, strict=True))
+        named = {host: targets[0] for host, targets in aliases.items() if targets}
+        return [_with_alias_notes(observation, named) for observation in observations]
 
-    async def _alias_of(self, host: str, now: datetime) -> str | None:
+    async def _alias_of(self, host: str, now: datetime) -> tuple[str, ...]:
+        remembered = self._kept[LookupKind.ALIAS]
         try:
-            return await self._aliases.get(host, now, lambda: self._find_alias(host))
+            return await remembered.get(host, now, lambda: self._find_alias(host))
         except DelegationError:
-            return None  # only a note in the reason: a failed check changes no verdict
+            return ()  # only a note in the reason: a failed check changes no verdict
 
-    async def _find_alias(self, host: str) -> tuple[str | None, int]:
+    async def _find_alias(self, host: str) -> tuple[tuple[str, ...], int]:
+        """The CNAME target of an MX exchange, if it is one, kept for ALIAS_RECHECK_SECONDS
+        whatever the TTL: the answer only adds a note, so a steady cycle need not ask again."""
         name = dns.name.from_text(host)
         try:
             answer = await self._ask_resolvers(name, dns.rdatatype.CNAME, "cname")
         except dns.resolver.NXDOMAIN:
-            return None, 0
-        if answer.rrset is None:
-            return None, _negative_ttl(answer.response) or 0
-        targets = [_text(rd.target) for rd in answer.rrset if isinstance(rd, CNAME)]
-        return (targets[0] if targets else None), answer.rrset.ttl
+            return (), ALIAS_RECHECK_SECONDS
+        targets = [_text(rd.target) for rd in answer.rrset or () if isinstance(rd, CNAME)]
+        return tuple(targets[:1]), ALIAS_RECHECK_SECONDS
 
     # --- concurrency -----------------------------------------------------------------------
 

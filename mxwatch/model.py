@@ -252,3 +252,23 @@ class Transition:
     to_state: str
     reason: str
     evidence: Mapping[str, Any] = field(default_factory=dict)
+
+
+class LookupKind(enum.StrEnum):
+    """What a remembered DNS lookup found (dns.py)."""
+
+    ZONE = "zone"  # a name -> the zone that holds it
+    NAMESERVERS = "ns"  # a zone -> the host names of its NS set
+    ADDRESSES = "a"  # a name server -> its IPv4 addresses
+    ALIAS = "alias"  # an MX exchange -> the target of its CNAME, or nothing
+
+
+@dataclass(frozen=True)
+class RememberedLookup:
+    """A DNS lookup kept in the store between runs, so that `--once` on a timer does not
+    repeat it: what `kind` found for `name` (possibly nothing), good until `expires_at`."""
+
+    kind: LookupKind
+    name: str
+    found: tuple[str, ...]
+    expires_at: datetime

@@ -53,6 +53,7 @@ async def cycle_and_record(
     )
     finished = datetime.now(UTC)
     services.store.record_cycle(finished, ok=report.errors == 0, duration=report.duration)
+    services.store.remember_lookups(services.dns.learned(), finished)
     if report.duration > config.daemon.interval.total_seconds():
         log.warning(
             "cycle_slow",
@@ -78,7 +79,8 @@ async def run_once(
         metrics.restore(store.last_cycle())
         notifier = WebhookNotifier(config.notify) if config.notify.webhook else None
         async with ExchangeClient(config.exchange) as exchange:
-            services = Services(store, DnsObserver(config.dns), exchange, metrics, notifier)
+            dns = remembering_observer(config, store)
+            services = Services(store, dns, exchange, metrics, notifier)
             try:
                 report = await cycle_and_record(
                     config, services, dry_run=dry_run, lock_wait=lock_wait, holder="mxwatch --once"
@@ -89,6 +91,14 @@ async def run_once(
     if metrics_file is not None:
         metrics.write_textfile(metrics_file)
     return report.exit_code
+
+
+def remembering_observer(config: Config, store: StateStore) -> DnsObserver:
+    """A DNS observer that starts from the lookups earlier runs kept in the store."""
+    dns = DnsObserver(config.dns)
+    now = datetime.now(UTC)
+    dns.recall(store.recall_lookups(now), now)
+    return dns
 
 
 def warn_exposed_secret_files(config: Config) -> None:
@@ -105,14 +115,18 @@ def warn_exposed_secret_files(config: Config) -> None:
 async def run_plan(config: Config) -> list[TenantForecast]:
     """`mxwatch plan`: a live cycle that reads DNS and Exchange and writes nothing, from the
     stored state when there is one (it works before the first `--once`)."""
-    stored = _stored(config.daemon.state)
+    dns = DnsObserver(config.dns)
+    stored = _stored(config.daemon.state, dns)
     async with ExchangeClient(config.exchange) as exchange:
-        return await plan_cycle(config, stored, DnsObserver(config.dns), exchange)
+        return await plan_cycle(config, stored, dns, exchange)
 
 
-def _stored(state: Path | PostgresUri) -> dict[str, StoredTenant]:
+def _stored(state: Path | PostgresUri, dns: DnsObserver) -> dict[str, StoredTenant]:
+    """The stored tenants, and the remembered lookups handed to `dns`."""
+    now = datetime.now(UTC)
     try:
         with open_store_readonly(state) as store:
+            dns.recall(store.recall_lookups(now), now)
             return {t.record.name: t for t in store.load_all()}
     except StoreError as exc:
         if exc.kind == "empty":

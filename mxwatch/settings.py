@@ -231,7 +231,8 @@ class DnsConfig:
             "and 16 addresses are asked per zone: a domain whose zone has more is never "
             "`filtered`, and its reason says how many there are. A CNAME leaving the zone is "
             "asked of the target zone's own servers. The zone, its NS set and their IPv4 "
-            "addresses are found through the resolvers and cached for their TTLs"
+            "addresses are found through the resolvers and kept for their TTLs (a day at "
+            "most), in the state too, so `--once` on a timer does not look them up again"
         ),
     )
     timeout: timedelta = field(

@@ -3,6 +3,7 @@ PostgreSQL either way, into a target that holds nothing yet."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..settings import PostgresUri
@@ -11,7 +12,8 @@ from . import StoreError, open_store, open_store_readonly
 
 def copy_state(source: Path | PostgresUri, target: Path | PostgresUri) -> tuple[int, int]:
     """Copy every tenant (domains and pending intents included), the journal in its order,
-    and the last cycle's record, in one transaction; (tenants, journal entries) copied."""
+    and the last cycle's record, in one transaction, then the remembered DNS lookups;
+    (tenants, journal entries) copied."""
     with open_store_readonly(source) as reader, open_store(target) as writer:
         if writer.load_all() or writer.history(limit=1) or writer.last_cycle():
             raise StoreError(
@@ -26,4 +28,6 @@ def copy_state(source: Path | PostgresUri, target: Path | PostgresUri) -> tuple[
                 if last.last_ok_at is not None and not last.ok:
                     writer.record_cycle(last.last_ok_at, ok=True)
                 writer.record_cycle(last.finished_at, ok=last.ok, duration=last.duration)
+        now = datetime.now(UTC)
+        writer.remember_lookups(reader.recall_lookups(now), now)
     return len(tenants), len(journal)

@@ -31,12 +31,16 @@ import psycopg
 from psycopg import errors
 from psycopg.rows import dict_row
 
-from ..model import Intent, Transition
+from ..model import Intent, RememberedLookup, Transition
 from .rows import (
+    CREATE_DNS_LOOKUP,
+    DELETE_EXPIRED_LOOKUPS,
     INSERT_DOMAIN,
     INSERT_JOURNAL,
     RECORD_CYCLE,
+    SELECT_LOOKUPS,
     UPSERT_INTENT,
+    UPSERT_LOOKUP,
     UPSERT_TENANT,
     CycleRun,
     LeaderLost,
@@ -48,6 +52,8 @@ from .rows import (
     intent_from_row,
     intent_row,
     journal_row,
+    lookup_from_row,
+    lookup_row,
     reject_duplicates,
     stored_tenant,
     tenant_row,
@@ -146,6 +152,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "INSERT INTO leadership VALUES (1, 0, '', '')",
     ),
+    4: (CREATE_DNS_LOOKUP,),
 }
 
 
@@ -261,6 +268,12 @@ class PostgresStore:
         with self._using("reading the last cycle"):
             row = self._one("SELECT * FROM cycle_run WHERE id = 1", ())
             return None if row is None else cycle_run_from_row(row)
+
+    def recall_lookups(self, now: datetime) -> list[RememberedLookup]:
+        at = time_to_db(now, "now")
+        with self._using("reading remembered DNS lookups"):
+            rows = self._all(_fn(SELECT_LOOKUPS), (at,))
+            return [lookup_from_row(row) for row in rows]
 
     def leader(self) -> tuple[str, str] | None:
         """The process that took the lead last (holder, since), or None if none ever did."""
@@ -412,6 +425,14 @@ class PostgresStore:
             cur.executemany("DELETE FROM intent WHERE tenant = %s", names)
             cur.executemany(_fn(UPSERT_INTENT), intent_rows)
             cur.executemany(_fn(INSERT_JOURNAL), journal_rows)
+
+    def remember_lookups(self, lookups: Sequence[RememberedLookup], now: datetime) -> None:
+        rows = [lookup_row(lookup) for lookup in lookups]
+        at = time_to_db(now, "now")
+        # A cache: what a process found in DNS stays true whoever leads, so it is not fenced.
+        with self._writing("remembering DNS lookups", fenced=False), self._conn.cursor() as cur:
+            cur.execute(_fn(DELETE_EXPIRED_LOOKUPS), (at,))
+            cur.executemany(_fn(UPSERT_LOOKUP), rows)
 
     def append_journal(self, transitions: Sequence[Transition]) -> None:
         """Append entries outside a cycle (`mxwatch provision`'s writes), in one transaction."""

@@ -18,7 +18,9 @@ from typing import Any, Protocol
 from ..model import (
     DomainRecord,
     Intent,
+    LookupKind,
     MxRecord,
+    RememberedLookup,
     TenantRecord,
     TenantState,
     Transition,
@@ -123,6 +125,23 @@ RECORD_CYCLE = """
         duration_s = excluded.duration_s,
         last_ok_at = coalesce(excluded.last_ok_at, cycle_run.last_ok_at)
 """
+
+# DNS lookups kept between runs (dns.py). A cache, not state: not journalled, not fenced, and
+# a lost row costs one lookup. Times sort as text (time_to_db), so expiry compares in SQL.
+CREATE_DNS_LOOKUP = """CREATE TABLE dns_lookup (
+    kind TEXT NOT NULL CHECK (kind IN ('zone', 'ns', 'a', 'alias')),
+    name TEXT NOT NULL,
+    found TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    PRIMARY KEY (kind, name)
+)"""
+UPSERT_LOOKUP = (
+    "INSERT INTO dns_lookup (kind, name, found, expires_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (kind, name) DO UPDATE SET found = excluded.found,"
+    " expires_at = excluded.expires_at"
+)
+DELETE_EXPIRED_LOOKUPS = "DELETE FROM dns_lookup WHERE expires_at <= ?"
+SELECT_LOOKUPS = "SELECT * FROM dns_lookup WHERE expires_at > ? ORDER BY kind, name"
 
 
 # -- values <-> rows ---------------------------------------------------------------------------
@@ -306,3 +325,17 @@ def time_from_db(value: str | None) -> datetime | None:
     if parsed.tzinfo is None:
         raise ValueError(f"stored time {value!r} has no time zone")
     return parsed.astimezone(UTC)
+
+
+def lookup_row(lookup: RememberedLookup) -> tuple[Any, ...]:
+    expires_at = time_to_db(lookup.expires_at, "a DNS lookup's expires_at")
+    return (lookup.kind.value, lookup.name, json.dumps(list(lookup.found)), expires_at)
+
+
+def lookup_from_row(row: Row) -> RememberedLookup:
+    found = json.loads(row["found"])
+    if not isinstance(found, list) or not all(isinstance(item, str) for item in found):
+        raise ValueError(f"found is not a list of names: {row['found']!r}")
+    return RememberedLookup(
+        LookupKind(row["kind"]), row["name"], tuple(found), required_time(row["expires_at"])
+    )

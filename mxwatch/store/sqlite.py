@@ -18,12 +18,16 @@ from pathlib import Path
 from types import TracebackType
 
 from ..lockfile import LockBusy, LockFile
-from ..model import Intent, Transition
+from ..model import Intent, RememberedLookup, Transition
 from .rows import (
+    CREATE_DNS_LOOKUP,
+    DELETE_EXPIRED_LOOKUPS,
     INSERT_DOMAIN,
     INSERT_JOURNAL,
     RECORD_CYCLE,
+    SELECT_LOOKUPS,
     UPSERT_INTENT,
+    UPSERT_LOOKUP,
     UPSERT_TENANT,
     CycleRun,
     StoreBusy,
@@ -34,6 +38,8 @@ from .rows import (
     intent_from_row,
     intent_row,
     journal_row,
+    lookup_from_row,
+    lookup_row,
     reject_duplicates,
     stored_tenant,
     tenant_row,
@@ -138,6 +144,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             at TEXT NOT NULL
         )""",
     ),
+    (CREATE_DNS_LOOKUP,),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -264,6 +271,14 @@ class Store:
         with self._decoding("the last cycle"):
             return cycle_run_from_row(row)
 
+    def recall_lookups(self, now: datetime) -> list[RememberedLookup]:
+        """The DNS lookups kept by earlier runs that are still good at `now`."""
+        at = time_to_db(now, "now")
+        with self._using("reading remembered DNS lookups"):
+            rows = self._conn.execute(SELECT_LOOKUPS, (at,)).fetchall()
+        with self._decoding("a remembered DNS lookup"):
+            return [lookup_from_row(row) for row in rows]
+
     # -- the one writer ----------------------------------------------------------------------
 
     def acquire(self, wait: float, command: str) -> None:
@@ -376,6 +391,16 @@ class Store:
             self._conn.executemany("DELETE FROM intent WHERE tenant = ?", names)
             self._conn.executemany(UPSERT_INTENT, intent_rows)
             self._conn.executemany(INSERT_JOURNAL, journal_rows)
+
+    def remember_lookups(self, lookups: Sequence[RememberedLookup], now: datetime) -> None:
+        """Keep DNS lookups for the next run, and drop those that expired by `now`."""
+        if self._readonly:
+            raise StoreError(f"cannot write {self._path}: this store was opened read-only")
+        rows = [lookup_row(lookup) for lookup in lookups]
+        at = time_to_db(now, "now")
+        with self._using("remembering DNS lookups"), self._transaction():
+            self._conn.execute(DELETE_EXPIRED_LOOKUPS, (at,))
+            self._conn.executemany(UPSERT_LOOKUP, rows)
 
     def append_journal(self, transitions: Sequence[Transition]) -> None:
         """Append entries outside a cycle (`mxwatch provision`'s writes), in one transaction;

@@ -37,8 +37,11 @@ def history(env: dict[str, str], config: Path) -> list[dict[str, object]]:
 
 @pytest.fixture
 def sqlite_state(rig: Rig) -> Path:
-    """A state made by two real cycles, plus a pending intent."""
+    """A state made by two real cycles, plus a pending intent; the filter's MX hosts exist,
+    so the cycles keep the answer to whether they are aliases."""
     contoso(rig)
+    rig.knot.add_zone("inbound.emailservice.io", ["mx1 A 192.0.2.25"])
+    rig.knot.add_zone("inbound.emailservice.cc", ["mx2 A 192.0.2.26"])
     assert rig.once().code == 0 and rig.once().code == 0
     state = rig.tmp / "state.db"
     intent = Intent(WriteAction.DISABLE, "aaaaaaaa-0000-4000-8000-000000000001", datetime.now(UTC))
@@ -63,6 +66,12 @@ def test_sqlite_to_postgres_and_back_keeps_everything(
         assert b.load_all() == a.load_all()
         assert b.history() == a.history()
         assert b.last_cycle() == a.last_cycle()
+        now = datetime.now(UTC)  # the DNS lookups the --once runs kept came along too
+        assert {x.name for x in a.recall_lookups(now)} == {
+            "mx1.inbound.emailservice.io",
+            "mx2.inbound.emailservice.cc",
+        }
+        assert b.recall_lookups(now) == a.recall_lookups(now)
         loaded = b.load("contoso")
         assert loaded is not None and loaded.intent is not None  # the pending write came along
     assert PASSWORD not in there.stdout + there.stderr + back.stdout + back.stderr

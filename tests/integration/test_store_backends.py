@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ import pytest
 from mxwatch.model import (
     DomainRecord,
     Intent,
+    LookupKind,
     MxRecord,
+    RememberedLookup,
     TenantRecord,
     TenantState,
     Transition,
@@ -208,6 +211,36 @@ def test_a_newer_schema_is_refused_and_left_alone(backend: Backend) -> None:
         backend.raw("UPDATE mxwatch_schema SET version = 99")
     with pytest.raises(StoreError, match="newer mxwatch"):
         backend.open()
+
+
+def test_remembered_lookups_are_kept_until_they_expire(backend: Backend) -> None:
+    hour = timedelta(hours=1)
+    zone = RememberedLookup(LookupKind.ZONE, "a.contoso.com.", ("contoso.com.",), T0 + hour)
+    servers = RememberedLookup(
+        LookupKind.NAMESERVERS, "contoso.com.", ("ns1.x", "ns2.x"), T0 + hour
+    )
+    alias = RememberedLookup(LookupKind.ALIAS, "mx.contoso.com", (), T0 + 2 * hour)
+    with backend.open() as store:
+        store.remember_lookups([zone, servers, alias], T0)
+        store.remember_lookups([replace(servers, found=("ns3.x",), expires_at=T0 + 3 * hour)], T0)
+    with backend.open_readonly() as reader:
+        assert reader.recall_lookups(T0) == [
+            alias,
+            replace(servers, found=("ns3.x",), expires_at=T0 + 3 * hour),
+            zone,
+        ]
+        assert reader.recall_lookups(T0 + hour) == [
+            alias,
+            replace(servers, found=("ns3.x",), expires_at=T0 + 3 * hour),
+        ]
+        with pytest.raises(StoreError, match="read-only"):
+            reader.remember_lookups([zone], T0)
+    with backend.open() as store:
+        store.remember_lookups([], T0 + 2 * hour)  # drops what expired by then
+    # Every row left, however long it lasts: the expired ones are gone from the table.
+    backend.raw("UPDATE dns_lookup SET expires_at = '9999-01-01T00:00:00.000000+00:00'")
+    with backend.open_readonly() as reader:
+        assert [lookup.name for lookup in reader.recall_lookups(T0)] == ["contoso.com."]
 
 
 # --- PostgreSQL only: the lead, fenced by the epoch --------------------------------------------

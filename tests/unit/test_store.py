@@ -537,6 +537,19 @@ def test_version_2_streaks_restart_and_old_ttls_count_as_second_hand(db: Path) -
     assert loaded.record.confirmations == 3
 
 
+def test_version_3_file_gains_an_empty_dns_memory(db: Path) -> None:
+    at_version(db, 3)
+    with raw(db) as conn:
+        conn.execute(
+            "INSERT INTO tenant (name, tenant_id, connector, state, reason, confirmations,"
+            " eligible_reason) VALUES ('contoso', 'tid', 'conn', 'enabled', 'r', 2, '')"
+        )
+    now = datetime(2024, 5, 1, tzinfo=UTC)
+    with Store.open(db) as store:
+        assert store.load("contoso") is not None
+        assert store.recall_lookups(now) == []
+
+
 # -- one writer ----------------------------------------------------------------------------------
 
 
