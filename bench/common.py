@@ -196,6 +196,11 @@ def round_trip(port: int, name: str, transport: str, address: str = ADDRESS) -> 
     return time.perf_counter() - started
 
 
+def one_domain_tenant(domain: str) -> Tenant:
+    """A tenant of its own with one domain, for the start-up of a one-domain `--once`."""
+    return Tenant("startup", "ffffffff-0000-4000-8000-ffffffffffff", [domain])
+
+
 def consent(sandbox: ExchangeSandbox, tenants: Sequence[Tenant]) -> list[Tenant]:
     """Every tenant consented in the sandbox, with a connector that is already enabled."""
     for tenant in tenants:

@@ -12,8 +12,10 @@ import contextlib
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from common import (
     BENCH,
@@ -22,6 +24,7 @@ from common import (
     OnceRun,
     QueryCounts,
     Row,
+    Tenant,
     Timing,
     consent,
     counted,
@@ -29,6 +32,7 @@ from common import (
     hyperfine,
     measure,
     note,
+    one_domain_tenant,
     query_table,
     run_once,
     spread,
@@ -36,6 +40,7 @@ from common import (
     write_config,
 )
 from knot_zone import fleet_knot
+from profiling import Profile, py_spy, render_profile
 
 from mxwatch.sandbox.exchange_api import ExchangeSandbox
 from tests.fixtures.knot import ADDRESS
@@ -71,11 +76,28 @@ class Results:
     sequential: Child
     sequential_queries: Counter[str]
     timings: dict[str, Timing]  # by command, from hyperfine
+    profile: Profile  # of one more steady `--once`
 
 
 def run(quick: bool, workdir: Path) -> list[str]:
     """Measure, and return the sections of the tables."""
     return render(measure_all(QUICK if quick else FULL, workdir))
+
+
+SEQUENTIAL = "sequential dnspython loop (bench/sequential.py)"
+ONCE = "steady `mxwatch --once`"
+ONE_DOMAIN = "steady `mxwatch --once`, one domain (start-up)"
+
+
+def fleet_config(
+    name: str, workdir: Path, sandbox: ExchangeSandbox, tenants: Sequence[Tenant], port: int
+) -> Path:
+    """NAME.toml, state NAME.db, asking knotd directly with `authoritative = false`."""
+    sections: dict[str, dict[str, Any]] = {
+        "daemon": {"state": str(workdir / f"{name}.db")},
+        "dns": {"resolvers": [f"{ADDRESS}:{port}"], "authoritative": False},
+    }
+    return write_config(workdir / f"{name}.toml", sandbox, tenants, sections)
 
 
 def measure_all(sizes: Sizes, workdir: Path) -> Results:
@@ -88,36 +110,27 @@ def measure_all(sizes: Sizes, workdir: Path) -> Results:
         knot_seconds = time.monotonic() - started
         sandbox = stack.enter_context(ExchangeSandbox())
         tenants = consent(sandbox, spread(names, sizes.tenants, "f"))
-        config = write_config(
-            workdir / "fleet.toml",
-            sandbox,
-            tenants,
-            {
-                "daemon": {"state": str(workdir / "fleet.db")},
-                "dns": {"resolvers": [f"{ADDRESS}:{knot.port}"], "authoritative": False},
-            },
-        )
+        config = fleet_config("fleet", workdir, sandbox, tenants, knot.port)
+        one = consent(sandbox, [one_domain_tenant(names[0])])
+        one_config = fleet_config("one", workdir, sandbox, one, knot.port)
         counters = {KNOTD: knot.query_counts}
         # The first run adopts the enabled connectors; the later ones are steady.
         first, first_queries = counted(counters, lambda: run_once(config, sandbox, workdir))
         steady, steady_queries = counted(counters, lambda: run_once(config, sandbox, workdir))
+        run_once(one_config, sandbox, workdir)  # adopts its connector: steady from now on
+        profile = py_spy(config, workdir)
         names_file = workdir / "names.txt"
         names_file.write_text("".join(f"{name}\n" for name in names))
+        server = ["--server", f"{ADDRESS}:{knot.port}"]
         commands = {
             "`python -c pass`": [sys.executable, "-c", "pass"],
-            "sequential dnspython loop (bench/sequential.py)": [
-                sys.executable,
-                str(BENCH / "sequential.py"),
-                "--server",
-                f"{ADDRESS}:{knot.port}",
-                str(names_file),
-            ],
-            "steady `mxwatch --once`": [*MXWATCH, "--once", "-c", str(config)],
+            SEQUENTIAL: [sys.executable, str(BENCH / "sequential.py"), *server, str(names_file)],
+            ONE_DOMAIN: [*MXWATCH, "--once", "-c", str(one_config)],
+            ONCE: [*MXWATCH, "--once", "-c", str(config)],
         }
         note("the sequential loop, counted")
-        sequential_argv = commands["sequential dnspython loop (bench/sequential.py)"]
         sequential, sequential_queries = counted(
-            counters, lambda: measure(sequential_argv, workdir)
+            counters, lambda: measure(commands[SEQUENTIAL], workdir)
         )
         timed = hyperfine(list(commands.values()), sizes.runs, workdir, warmup=sizes.warmup)
     return Results(
@@ -129,6 +142,7 @@ def measure_all(sizes: Sizes, workdir: Path) -> Results:
         sequential=sequential,
         sequential_queries=sequential_queries[KNOTD],
         timings=dict(zip(commands, timed, strict=True)),
+        profile=profile,
     )
 
 
@@ -152,6 +166,12 @@ def render(r: Results) -> list[str]:
         "### Fleet: queries of one `--once`, counted by knotd (mod-stats)",
         "",
         *query_table(first, steady, r.sizes.domains, {KNOTD: 1}),
+        *render_profile(
+            "Fleet: profile (py-spy over one more steady `--once`, not timed)",
+            r.profile,
+            r.steady.child.cpu,
+            "the counted steady `--once`",
+        ),
     ]
 
 
@@ -187,8 +207,7 @@ def timings(r: Results) -> list[Row]:
         return "{:.1f} ms ({:.1f} to {:.1f})".format(*(seconds * 1000 for seconds in timing))
 
     rows: list[Row] = [(f"{what}, median (min to max)", ms(t)) for what, t in r.timings.items()]
-    sequential = r.timings["sequential dnspython loop (bench/sequential.py)"][0]
-    once = r.timings["steady `mxwatch --once`"][0]
+    sequential, once = r.timings[SEQUENTIAL][0], r.timings[ONCE][0]
     rows.append(
         target(
             "steady `--once` / sequential loop, medians",

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import authoritative
 import fleet
+import profiling
 import single_zone
 from common import (
     BENCH,
@@ -79,7 +80,7 @@ def tool_version(argv: Sequence[str], pattern: str) -> str:
 def machine(load: tuple[str, str]) -> list[Row]:
     os_release = Path("/etc/os-release").read_text()
     memory_kb = int(proc_field("/proc/meminfo", "MemTotal").split()[0])
-    py_spy = single_zone.py_spy_path() or "py-spy"
+    py_spy = profiling.py_spy_path() or "py-spy"
     return [
         ("nproc", str(os.cpu_count())),
         ("CPU", proc_field("/proc/cpuinfo", "model name")),

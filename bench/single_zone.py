@@ -10,13 +10,11 @@ import asyncio
 import contextlib
 import math
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,16 +43,17 @@ from common import (
     measure,
     median_of,
     note,
+    one_domain_tenant,
     proc_cpu,
     proc_field,
     round_trip,
     run_once,
     spread,
-    table,
     target,
     write_config,
 )
 from knot_zone import bench_knot
+from profiling import Profile, py_spy, render_profile
 
 from mxwatch import logs
 from mxwatch.config import load_config
@@ -244,95 +243,6 @@ def token_phase(sandbox: ExchangeSandbox, config_path: Path, cycles: int) -> Tok
     return phase
 
 
-# --------------------------------------------------------------------------- profile
-
-PART_IMPORTS = "imports (start-up, and modules imported on first use)"
-PART_DNSPYTHON = "dnspython (any frame in dns/)"
-PART_LOOP = "asyncio event loop and transports, outside dnspython"
-PART_MXWATCH = "mxwatch's own code (innermost frame in mxwatch/)"
-PART_OTHER = "the rest (stdlib, sqlite, logging, httpx, ...)"
-PROFILE_PARTS = (PART_IMPORTS, PART_DNSPYTHON, PART_LOOP, PART_MXWATCH, PART_OTHER)
-# The per-query work in dnspython, whatever the rank of these frames.
-PER_QUERY_FRAMES = (
-    "Resolver.resolve (dns/asyncresolver.py)",
-    "from_wire (dns/message.py)",
-    "make_query (dns/message.py)",
-    "Message.to_wire (dns/message.py)",
-    "Backend.make_socket (dns/_asyncio_backend.py)",
-    "_DatagramSocket.close (dns/_asyncio_backend.py)",
-    "_SelectorTransport._call_connection_lost (asyncio/selector_events.py)",
-)
-
-
-@dataclass
-class Profile:
-    note: str
-    samples: int = 0
-    own: Counter[str] = field(default_factory=Counter)
-    inclusive: Counter[str] = field(default_factory=Counter)
-    parts: Counter[str] = field(default_factory=Counter)
-
-    def share(self, count: int) -> float:
-        return count / self.samples * 100
-
-
-def frame_name(text: str) -> str:
-    """ "func (path/to/file.py:123)" -> "func (to/file.py)": lines differ within a function."""
-    name, _, where = text.partition(" (")
-    path = where.rstrip(")").rsplit(":", 1)[0]
-    return f"{name} ({'/'.join(path.split('/')[-2:])})" if path else name
-
-
-def part_of(frames: Sequence[str]) -> str:
-    """The part of the run a py-spy sample is in (py-spy gives paths from site-packages)."""
-    paths = [frame.partition(" (")[2] for frame in frames]
-    if any("importlib._bootstrap" in path for path in paths):
-        return PART_IMPORTS
-    if any(path.startswith("dns/") for path in paths):
-        return PART_DNSPYTHON
-    if paths[-1].startswith(("asyncio/", "selectors.py", "socket.py")):
-        return PART_LOOP
-    if paths[-1].startswith("mxwatch/"):
-        return PART_MXWATCH
-    return PART_OTHER
-
-
-def parse_profile(raw: str, note: str) -> Profile:
-    """py-spy's raw format: one "frame;frame;...;frame COUNT" line per distinct stack."""
-    profile = Profile(note)
-    for line in raw.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        frames = stack.split(";")
-        profile.samples += int(count)
-        profile.own[frame_name(frames[-1])] += int(count)
-        profile.parts[part_of(frames)] += int(count)
-        for frame in dict.fromkeys(frame_name(f) for f in frames):
-            profile.inclusive[frame] += int(count)
-    return profile
-
-
-def py_spy_path() -> str | None:
-    venv_bin = str(Path(sys.executable).parent)
-    return shutil.which("py-spy", path=venv_bin) or shutil.which("py-spy")
-
-
-def py_spy(lab: Lab, config: Path) -> Profile:
-    """py-spy (in the venv, for the bench only) over one more steady `--once`."""
-    note("py-spy over mxwatch --once")
-    py_spy = py_spy_path()
-    if py_spy is None:
-        return Profile("not run: py-spy is not installed (.venv/bin/pip install py-spy)")
-    raw = lab.workdir / "profile.txt"
-    argv = [py_spy, "record", "--rate", "250", "--format", "raw", "--output", str(raw), "--"]
-    argv += [*MXWATCH, "--once", "-c", str(config)]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if not raw.exists():
-        return Profile(f"py-spy failed: {done.stderr.strip()[-300:]}")
-    return parse_profile(raw.read_text(), "250 Hz")
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -383,7 +293,7 @@ def measure_all(sizes: Sizes, workdir: Path) -> Results:
         daemon_extra = {"interval": f"{interval}s", "jitter": "0s"}
         daemon_config = lab.config("daemon", tenants, state="mxwatch", daemon=daemon_extra)
         daemon = run_daemon(lab, daemon_config, interval)
-        profile = py_spy(lab, config)
+        profile = py_spy(config, workdir)
         dnsperf = [run_dnsperf(lab) for _ in range(sizes.dnsperf_runs)]
         sequential = run_sequential(lab, sizes.sequential_sample)
         token_tenants = consent(
@@ -416,7 +326,7 @@ def measure_all(sizes: Sizes, workdir: Path) -> Results:
 def measure_startup(lab: Lab, runs: int) -> tuple[Child, tuple[Timing, Timing]]:
     """A steady one-domain `--once` asking knotd directly: its peak RSS and CPU, and the
     wall times of `python -c pass` and of it."""
-    tenant = Tenant("startup", "ffffffff-0000-4000-8000-ffffffffffff", lab.names[:1])
+    tenant = one_domain_tenant(lab.names[0])
     config = lab.config(
         "one", consent(lab.sandbox, [tenant]), resolver=f"{ADDRESS}:{lab.knot_port}"
     )
@@ -441,7 +351,12 @@ def render(r: Results) -> list[str]:
         *figures("2. Footprint (peak RSS and CPU of a child from GNU time)", footprint(r)),
         *figures("3. Exchange cost", exchange(r)),
         *figures("4. Start-up (`hyperfine -N --warmup 3`)", startup(r)),
-        *profile(r.profile, statistics.median(x.child.cpu for x in r.steady)),
+        *render_profile(
+            "5. Profile (py-spy over one more steady `--once`)",
+            r.profile,
+            statistics.median(x.child.cpu for x in r.steady),
+            "the median steady `--once`",
+        ),
     ]
 
 
@@ -566,39 +481,4 @@ def startup(r: Results) -> list[Row]:
         (f"`python -c pass`, median (min to max) of {r.sizes.startup_runs}", ms(python)),
         ("`mxwatch --once`, one domain, knotd directly, steady", ms(once)),
         ("ratio of the medians", f"{once[0] / python[0]:.1f}x"),
-    ]
-
-
-def profile(p: Profile, cpu: float) -> list[str]:
-    title = "### 5. Profile (py-spy over one more steady `--once`)"
-    if not p.samples:
-        return [title, "", f"{p.note}."]
-    ours = [
-        (frame, count)
-        for frame, count in p.inclusive.most_common()
-        if "mxwatch/" in frame or "dns/" in frame or "asyncio/tasks" in frame
-    ]
-    parts = [(part, p.share(p.parts[part])) for part in PROFILE_PARTS]
-    return [
-        title,
-        "",
-        f"{p.samples} samples at {p.note}. py-spy leaves out idle samples, so a share is of CPU "
-        f"time; CPU s is that share of the median CPU of a steady `--once` ({cpu:.2f} s).",
-        "",
-        *table(
-            ["part (a sample counts in the first that matches)", "share", "CPU s"],
-            [(part, f"{pct:.1f} %", f"{pct * cpu / 100:.2f}") for part, pct in parts],
-        ),
-        *table(
-            ["inclusive, top 20 frames of mxwatch, dnspython and asyncio.tasks", "share"],
-            [(f"`{frame}`", f"{p.share(count):.1f} %") for frame, count in ours[:20]],
-        ),
-        *table(
-            ["inclusive, dnspython's per-query work", "share"],
-            [(f"`{f}`", f"{p.share(p.inclusive[f]):.1f} %") for f in PER_QUERY_FRAMES],
-        ),
-        *table(
-            ["self, top 12", "share"],
-            [(f"`{frame}`", f"{p.share(count):.1f} %") for frame, count in p.own.most_common(12)],
-        ),
     ]
