@@ -19,10 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import assert_never
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from .settings import CertificateRef, Config, CredentialRef, SecretEnvRef, SecretFileRef
 
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
@@ -129,6 +125,11 @@ def _read_text(ref: CertificateRef | SecretFileRef) -> str:
 
 
 def _load_certificate(ref: CertificateRef) -> _CertificateMaterial:
+    # Imported here: a steady `--once` reads no credential, and cryptography takes ~70 ms.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     text = _read_text(ref)
     blocks = [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(text)]
     keys = [pem for label, pem in blocks if label.endswith("PRIVATE KEY")]

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ipaddress
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -522,17 +523,28 @@ def _with_alias_notes(observation: Observation, aliases: Mapping[str, str]) -> O
 
 
 def _well_formed(lookup: RememberedLookup) -> bool:
-    """Whether a kept lookup has the shape this module gives it; another is looked up again."""
+    """Whether what a kept lookup found can be used as this module uses it (a name it parses,
+    an address it sorts); another one is looked up again."""
     if lookup.kind is LookupKind.ZONE and len(lookup.found) != 1:
         return False
-    addresses = lookup.found if lookup.kind is LookupKind.ADDRESSES else ()
-    names = [lookup.name] if addresses else [lookup.name, *lookup.found]
+    if lookup.kind is LookupKind.ADDRESSES:
+        return all(map(_is_ipv4, lookup.found))
+    return lookup.kind is LookupKind.ALIAS or all(map(_is_name, lookup.found))
+
+
+@functools.lru_cache(maxsize=1024)  # a fleet's zones share a few name servers
+def _is_name(text: str) -> bool:
     try:
-        for name in names:
-            dns.name.from_text(name)
-        for address in addresses:
-            ipaddress.IPv4Address(address)
-    except (ValueError, dns.exception.DNSException):
+        dns.name.from_text(text)
+    except dns.exception.DNSException:
+        return False
+    return True
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
         return False
     return True
 

@@ -26,11 +26,10 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
-import requests
 import structlog
 
 from . import __version__
@@ -49,6 +48,9 @@ from .model import (
 )
 from .names import BadName, normalise_name
 from .settings import CredentialRef, ExchangeConfig, TenantConfig
+
+if TYPE_CHECKING:  # imported when a token is needed, with msal: a steady cycle needs neither
+    import requests
 
 log = structlog.get_logger("mxwatch.exchange")
 
@@ -622,6 +624,8 @@ class ExchangeClient:
         connection pool, which hundreds of tenants would multiply for nothing."""
         if self._msal_session is not None:
             return self._msal_session
+        import requests
+
         session = requests.Session()
         # No cookies: nothing mxwatch asks for needs them, and tenants must not share any.
         session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
@@ -672,6 +676,7 @@ class ExchangeClient:
 
     async def _call_msal(self, function: Any, url: str, deadline: _Deadline) -> Any:
         import msal.exceptions
+        import requests
 
         time_left = deadline.remaining()
         if time_left <= 0:
