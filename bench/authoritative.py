@@ -45,6 +45,7 @@ from common import (
     write_config,
 )
 from knot_zone import zones_knot
+from profiling import Profile, py_spy, render_profile
 
 from mxwatch.sandbox.exchange_api import ExchangeSandbox
 from tests.fixtures.knot import ADDRESS, LAB_PRIMARY, LAB_SECONDARY, free_port
@@ -94,6 +95,7 @@ class Results:
     queries: list[QueryCounts]  # first, then each steady `--once`
     dnsperf: list[DnsperfRound]
     in_flight: list[int]  # dnsperf's -c and -q of each source
+    profile: Profile  # of one more steady `--once`
 
 
 def run(quick: bool, workdir: Path) -> list[str]:
@@ -153,6 +155,7 @@ def measure_all(sizes: Sizes, workdir: Path) -> Results:
         # The first run discovers the zones and adopts the enabled connectors; the later
         # ones are steady.
         runs = [counted(counters, once) for _ in range(1 + sizes.steady_runs)]
+        profile = py_spy(config, workdir)
         in_flight = split(CONCURRENCY, len(sources))
         queries = workdir / "dnsperf.queries"
         queries.write_text("".join(f"{zone} MX\n" for zone in zones))
@@ -169,6 +172,7 @@ def measure_all(sizes: Sizes, workdir: Path) -> Results:
         queries=[counts for _, counts in runs],
         dnsperf=dnsperf,
         in_flight=in_flight,
+        profile=profile,
     )
 
 
@@ -216,6 +220,12 @@ def render(r: Results) -> list[str]:
         "",
         *query_table(r.queries[0], r.queries[-1], r.sizes.domains, mx_sources),
         *figures("Authoritative: what dnsperf sent, and the steady runs compared", checks(r)),
+        *render_profile(
+            "Authoritative: profile (py-spy over one more steady `--once`, not timed)",
+            r.profile,
+            statistics.median(x.child.cpu for x in r.steady),
+            "the median steady `--once`",
+        ),
     ]
 
 

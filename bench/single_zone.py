@@ -221,10 +221,13 @@ def token_phase(sandbox: ExchangeSandbox, config_path: Path, cycles: int) -> Tok
     phase = TokenPhase(sandbox.token_lifetime, len(config.tenants))
     tokens_before = len(sandbox.requests_to("token"))
     log_path = config_path.with_suffix(".log")
+    state = config.daemon.state
+    if not isinstance(state, Path):  # Store.open takes a file; the bench writes only those
+        raise TypeError(f"the token phase needs an SQLite state file, not {state}")
 
     async def cycles_in_one_process() -> None:
         observer = DnsObserver(config.dns)
-        with Store.open(config.daemon.state) as store:
+        with Store.open(state) as store:
             async with ExchangeClient(config.exchange) as exchange:
                 for index in range(cycles):
                     await asyncio.sleep(1.0 if index else 0.0)
