@@ -45,7 +45,7 @@ from common import (
     write_config,
 )
 from knot_zone import zones_knot
-from profiling import Profile, py_spy, render_profile
+from profiling import Profile, py_spy, render_steady_profile
 
 from mxwatch.sandbox.exchange_api import ExchangeSandbox
 from tests.fixtures.knot import ADDRESS, LAB_PRIMARY, LAB_SECONDARY, free_port
@@ -220,11 +220,10 @@ def render(r: Results) -> list[str]:
         "",
         *query_table(r.queries[0], r.queries[-1], r.sizes.domains, mx_sources),
         *figures("Authoritative: what dnsperf sent, and the steady runs compared", checks(r)),
-        *render_profile(
+        *render_steady_profile(
             "Authoritative: profile (py-spy over one more steady `--once`, not timed)",
             r.profile,
-            statistics.median(x.child.cpu for x in r.steady),
-            "the median steady `--once`",
+            r.steady,
         ),
     ]
 

@@ -7,6 +7,7 @@ PATH. Without it the profile is skipped and the tables say so.
 from __future__ import annotations
 
 import shutil
+import statistics
 import subprocess
 import sys
 from collections import Counter
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import MXWATCH, note, table
+from common import MXWATCH, OnceRun, note, table
 
 PART_IMPORTS = "imports (start-up, and modules imported on first use)"
 PART_DNSPYTHON = "dnspython (any frame in dns/)"
@@ -137,3 +138,9 @@ def render_profile(title: str, p: Profile, cpu: float, cpu_of: str) -> list[str]
             [(f"`{frame}`", f"{p.share(count):.1f} %") for frame, count in p.own.most_common(12)],
         ),
     ]
+
+
+def render_steady_profile(title: str, p: Profile, steady: Sequence[OnceRun]) -> list[str]:
+    """The profile of one more steady `--once`, splitting the median steady run's CPU."""
+    cpu = statistics.median(x.child.cpu for x in steady)
+    return render_profile(title, p, cpu, "the median steady `--once`")

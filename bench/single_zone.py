@@ -53,7 +53,7 @@ from common import (
     write_config,
 )
 from knot_zone import bench_knot
-from profiling import Profile, py_spy, render_profile
+from profiling import Profile, py_spy, render_steady_profile
 
 from mxwatch import logs
 from mxwatch.config import load_config
@@ -354,11 +354,8 @@ def render(r: Results) -> list[str]:
         *figures("2. Footprint (peak RSS and CPU of a child from GNU time)", footprint(r)),
         *figures("3. Exchange cost", exchange(r)),
         *figures("4. Start-up (`hyperfine -N --warmup 3`)", startup(r)),
-        *render_profile(
-            "5. Profile (py-spy over one more steady `--once`)",
-            r.profile,
-            statistics.median(x.child.cpu for x in r.steady),
-            "the median steady `--once`",
+        *render_steady_profile(
+            "5. Profile (py-spy over one more steady `--once`)", r.profile, r.steady
         ),
     ]
 
