@@ -9,16 +9,27 @@ upstream sent, byte for byte, except that UDP message IDs are rewritten on the u
 (and restored) so that one upstream socket can carry every client's queries.
 
 The proxy prints one line, "ready UDP_PORT TCP_PORT", once it listens, and runs until killed.
+
+With `--counts FILE` it also counts the queries clients send, by QTYPE ("MX", "SOA", ...; a
+query over TCP counts under "tcp:MX"), and on SIGUSR1 writes the running totals to FILE as
+JSON, `{"dumps": N, "queries": {...}}`, N going up by one with each dump. The totals only
+grow: a reader takes the difference of two dumps. Counting is a dictionary increment per
+query, so the bench can leave it on while it times.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+import dns.rdatatype
 
 _STALE_AFTER = 10.0  # seconds after which an unanswered upstream query is forgotten
 _TCP_CHUNK = 65536
@@ -29,6 +40,39 @@ def _host_port(text: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host, int(port)
+
+
+def query_type(message: bytes) -> str:
+    """The QTYPE of a DNS query as text ("MX"), or "malformed" when it has no question.
+
+    The question's name is read label by label: queries carry no compression pointers.
+    """
+    if len(message) < 12 or int.from_bytes(message[4:6], "big") == 0:
+        return "malformed"
+    offset = 12
+    while offset < len(message) and message[offset] != 0:
+        offset += 1 + message[offset]
+    if offset + 3 > len(message):
+        return "malformed"
+    number = int.from_bytes(message[offset + 1 : offset + 3], "big")
+    return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(number))
+
+
+class _TcpQueries:
+    """Finds the queries in one client's TCP stream (each one after a two-byte length)."""
+
+    def __init__(self, counts: Counter[str]) -> None:
+        self._counts = counts
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        while len(self._buffer) >= 2:
+            length = int.from_bytes(self._buffer[:2], "big")
+            if len(self._buffer) < 2 + length:
+                return
+            self._counts["tcp:" + query_type(self._buffer[2 : 2 + length])] += 1
+            self._buffer = self._buffer[2 + length :]
 
 
 @dataclass
@@ -61,9 +105,10 @@ class _UpstreamSide(asyncio.DatagramProtocol):
 class UdpDelayProxy:
     """Delays datagrams both ways; rewrites message IDs so one upstream socket suffices."""
 
-    def __init__(self, upstream: tuple[str, int], delay: float) -> None:
+    def __init__(self, upstream: tuple[str, int], delay: float, counts: Counter[str]) -> None:
         self._upstream = upstream
         self._delay = delay
+        self._counts = counts
         self._pending: dict[int, _Pending] = {}
         self._next_id = 0
         self._client: asyncio.DatagramTransport | None = None
@@ -89,6 +134,7 @@ class UdpDelayProxy:
         if len(data) < 12:  # not a DNS message
             self.dropped += 1
             return
+        self._counts[query_type(data)] += 1
         asyncio.get_running_loop().call_later(self._delay, self._send_upstream, data, addr)
 
     def _send_upstream(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -137,9 +183,10 @@ class UdpDelayProxy:
 class TcpDelayProxy:
     """One upstream connection per client connection; every chunk is delayed, in order."""
 
-    def __init__(self, upstream: tuple[str, int], delay: float) -> None:
+    def __init__(self, upstream: tuple[str, int], delay: float, counts: Counter[str]) -> None:
         self._upstream = upstream
         self._delay = delay
+        self._counts = counts
         self.connections = 0
 
     async def start(self, listen: tuple[str, int]) -> int:
@@ -154,14 +201,23 @@ class TcpDelayProxy:
         except OSError:
             writer.close()
             return
+        queries = _TcpQueries(self._counts)
         await asyncio.gather(
-            self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
+            self._pump(reader, up_writer, queries.feed),
+            self._pump(up_reader, writer),
+            return_exceptions=True,
         )
         for w in (writer, up_writer):
             w.close()
 
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        """Copy source to sink, each chunk `delay` seconds after it arrived, order kept."""
+    async def _pump(
+        self,
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        seen: Callable[[bytes], None] | None = None,
+    ) -> None:
+        """Copy source to sink, each chunk `delay` seconds after it arrived, order kept;
+        `seen` gets every chunk as it arrives."""
         loop = asyncio.get_running_loop()
         queue: deque[tuple[float, bytes]] = deque()
         arrived = asyncio.Event()
@@ -171,6 +227,8 @@ class TcpDelayProxy:
             nonlocal done
             try:
                 while chunk := await source.read(_TCP_CHUNK):
+                    if seen is not None:
+                        seen(chunk)
                     queue.append((loop.time() + self._delay, chunk))
                     arrived.set()
             finally:
@@ -199,9 +257,28 @@ class TcpDelayProxy:
             reading.cancel()
 
 
-async def serve(listen: tuple[str, int], upstream: tuple[str, int], delay: float) -> None:
-    udp = UdpDelayProxy(upstream, delay)
-    tcp = TcpDelayProxy(upstream, delay)
+class CountsFile:
+    """Writes the query counts to a file on request, replacing it whole so a reader never
+    sees half a dump."""
+
+    def __init__(self, path: Path, counts: Counter[str]) -> None:
+        self._path = path
+        self._counts = counts
+        self._dumps = 0
+
+    def write(self) -> None:
+        self._dumps += 1
+        partial = self._path.with_name(self._path.name + ".partial")
+        partial.write_text(json.dumps({"dumps": self._dumps, "queries": dict(self._counts)}))
+        partial.replace(self._path)
+
+
+async def serve(
+    listen: tuple[str, int], upstream: tuple[str, int], delay: float, counts_path: Path | None
+) -> None:
+    counts: Counter[str] = Counter()
+    udp = UdpDelayProxy(upstream, delay, counts)
+    tcp = TcpDelayProxy(upstream, delay, counts)
     udp_port = await udp.start(listen)
     # Same port number for TCP as for UDP, as a DNS server would have.
     tcp_port = await tcp.start((listen[0], udp_port))
@@ -210,6 +287,8 @@ async def serve(listen: tuple[str, int], upstream: tuple[str, int], delay: float
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if counts_path is not None:
+        loop.add_signal_handler(signal.SIGUSR1, CountsFile(counts_path, counts).write)
     await stop.wait()
     print(
         f"stats udp_forwarded={udp.forwarded} udp_answered={udp.answered} "
@@ -224,8 +303,11 @@ def main() -> None:
     parser.add_argument("--listen", type=_host_port, default=("127.0.0.1", 0))
     parser.add_argument("--upstream", type=_host_port, required=True)
     parser.add_argument("--delay", type=float, default=0.020, help="seconds, each way")
+    parser.add_argument(
+        "--counts", type=Path, help="on SIGUSR1, write the queries so far by QTYPE to this file"
+    )
     args = parser.parse_args()
-    asyncio.run(serve(args.listen, args.upstream, args.delay))
+    asyncio.run(serve(args.listen, args.upstream, args.delay, args.counts))
 
 
 if __name__ == "__main__":
