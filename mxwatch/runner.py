@@ -17,7 +17,7 @@ from .dns import DnsObserver
 from .exchange import ExchangeClient
 from .logs import get_logger
 from .metrics import Metrics
-from .model import TenantState
+from .model import RememberedLookup, TenantState
 from .notify import WebhookNotifier
 from .settings import Config, PostgresUri
 from .store import StateStore, StoredTenant, StoreError, open_store, open_store_readonly
@@ -53,7 +53,9 @@ async def cycle_and_record(
     )
     finished = datetime.now(UTC)
     services.store.record_cycle(finished, ok=report.errors == 0, duration=report.duration)
-    services.store.remember_lookups(services.dns.learned(), finished)
+    learned = services.dns.learned()
+    if learned:  # a steady cycle learns nothing: no write; what expired goes with the next one
+        services.store.remember_lookups(learned, finished)
     if report.duration > config.daemon.interval.total_seconds():
         log.warning(
             "cycle_slow",
@@ -115,22 +117,24 @@ def warn_exposed_secret_files(config: Config) -> None:
 async def run_plan(config: Config) -> list[TenantForecast]:
     """`mxwatch plan`: a live cycle that reads DNS and Exchange and writes nothing, from the
     stored state when there is one (it works before the first `--once`)."""
+    now = datetime.now(UTC)
+    stored, lookups = _stored(config.daemon.state, now)
     dns = DnsObserver(config.dns)
-    stored = _stored(config.daemon.state, dns)
+    dns.recall(lookups, now)
     async with ExchangeClient(config.exchange) as exchange:
         return await plan_cycle(config, stored, dns, exchange)
 
 
-def _stored(state: Path | PostgresUri, dns: DnsObserver) -> dict[str, StoredTenant]:
-    """The stored tenants, and the remembered lookups handed to `dns`."""
-    now = datetime.now(UTC)
+def _stored(
+    state: Path | PostgresUri, now: datetime
+) -> tuple[dict[str, StoredTenant], list[RememberedLookup]]:
+    """The stored tenants, and the DNS lookups kept for use at `now`."""
     try:
         with open_store_readonly(state) as store:
-            dns.recall(store.recall_lookups(now), now)
-            return {t.record.name: t for t in store.load_all()}
+            return {t.record.name: t for t in store.load_all()}, store.recall_lookups(now)
     except StoreError as exc:
         if exc.kind == "empty":
-            return {}  # no cycle has run yet
+            return {}, []  # no cycle has run yet
         raise
 
 
